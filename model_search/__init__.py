@@ -1,0 +1,1 @@
+"""model_search: rank pre-trained models for transfer and measure how much each way of choosing loses."""

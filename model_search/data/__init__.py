@@ -1,0 +1,1 @@
+"""Tasks: VTAB-1k, the offline mini suite, and the input pipeline."""

@@ -1,0 +1,1 @@
+"""Models: hub loading, the model zoo, pools, and the mini zoo."""
