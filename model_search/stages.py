@@ -1,0 +1,144 @@
+"""The stages `main` runs, in the order of config.stages; each reads and writes the workdir.
+
+zoo -> features -> scores -> finetune -> select -> report. Every stage skips the items whose
+result file is present and valid, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from absl import logging
+import jax
+import numpy as np
+import tqdm
+
+from model_search import features
+from model_search import finetune
+from model_search import regret
+from model_search import report
+from model_search import scores as scores_lib
+from model_search import workdir as wd
+from model_search.models import mini_zoo
+from model_search.models import pools
+from model_search.scores.common import ScoreInputs
+
+_SCORES_VERSION = "scores-v1"
+
+
+def zoo(study) -> None:
+  """Builds (pre-trains and exports) the models of the mini zoo that are not cached yet."""
+  entries = mini_zoo.build(study.config.zoo, study.cache_dir / "zoo", study.data_dir)
+  study._entries = entries  # pylint: disable=protected-access
+  if jax.process_index() == 0:
+    wd.write_json(study.workdir / "models.json", [e.to_json() for e in entries])
+
+
+def _score_fingerprint(study, entry, task) -> str:
+  return wd.fingerprint(_SCORES_VERSION, study.config.scores.to_dict(),
+                        [features.feature_fingerprint(entry, task, s)
+                         for s in ("train800", "val200")])
+
+
+def load_scores(study, entry, task):
+  return wd.read_json(wd.scores_path(study.workdir, entry.name, task.name),
+                      fingerprint_=_score_fingerprint(study, entry, task), required=("scores",))
+
+
+def scores(study) -> None:
+  """Computes the configured task-aware scores on cached train800/val200 features."""
+  by_name = {e.name: e for e in study.entries}
+  task_by_name = {t.name: t for t in study.tasks}
+  score_configs = study.config.scores.to_dict()
+  scores_lib.validate(score_configs)
+  for m, t in tqdm.tqdm(study.items(), desc="scores", unit="item"):
+    entry, task = by_name[m], task_by_name[t]
+    if load_scores(study, entry, task) is not None:
+      continue
+    train = features.load(study.workdir, entry, task, "train800")
+    val = features.load(study.workdir, entry, task, "val200")
+    if train is None or val is None:
+      raise ValueError(f"No valid features for model {m!r} on task {t!r}; run the 'features' "
+                       "stage before 'scores'.")
+    inputs = ScoreInputs(
+        train_features=train["features"], train_labels=train["labels"],
+        val_features=val["features"], val_labels=val["labels"], num_classes=task.num_classes,
+        source_probs=train.get("source_probs"), val_source_probs=val.get("source_probs"),
+        model_name=m, task_name=t)
+    values = scores_lib.compute(score_configs, inputs)
+    wd.write_json(wd.scores_path(study.workdir, m, t),
+                  {"model": m, "task": t, "scores": values,
+                   "fingerprint": _score_fingerprint(study, entry, task)})
+
+
+def _gather(study):
+  """Scores and fine-tune accuracies of the whole grid; missing items are left out."""
+  by_name = {e.name: e for e in study.entries}
+  accuracies, all_scores, missing = {}, {}, []
+  for t in study.tasks:
+    accuracies[t.name], all_scores[t.name] = {}, {}
+    for m in study.model_names:
+      ft = finetune.load(study.config, study.workdir, by_name[m], t)
+      if ft is None:
+        missing.append(f"finetune {m}/{t.name}")
+      else:
+        accuracies[t.name][m] = ft["test_accuracy"]
+      sc = load_scores(study, by_name[m], t)
+      if sc is None:
+        missing.append(f"scores {m}/{t.name}")
+        continue
+      for score_name, values in sc["scores"].items():
+        all_scores[t.name].setdefault(score_name, {})[m] = values["score"]
+  if missing:
+    logging.warning("select: %d results missing (reported as missing): %s", len(missing),
+                    ", ".join(missing[:10]))
+  return accuracies, all_scores
+
+
+def select(study) -> None:
+  """Runs every strategy for every pool, task and budget; writes select/table.csv."""
+  if jax.process_index() != 0:
+    return
+  config = study.config
+  accuracies, all_scores = _gather(study)
+  custom = config.select.custom_pools.to_dict()
+  pool_members = {p: pools.members(p, study.entries, custom) for p in config.select.pools}
+  for p, names in pool_members.items():
+    if not names:
+      raise ValueError(f"Pool {p!r} has no models among {study.model_names}.")
+  table = regret.evaluate_selections(
+      study.entries, all_scores, accuracies, {t.name: t.group for t in study.tasks},
+      pool_members, budgets=list(config.select.budgets) or None)
+  wd.write_text(study.workdir / "select" / "table.csv", table.to_csv(index=False))
+  wd.write_json(study.workdir / "select" / "pools.json", pool_members)
+
+
+def report_stage(study) -> None:
+  """Regret tables, figures and the Markdown summary from the select stage's table."""
+  if jax.process_index() != 0:
+    return
+  path = study.workdir / "select" / "table.csv"
+  if not path.exists():
+    raise ValueError(f"No selection table at {path}; run the 'select' stage before 'report'.")
+  accuracies, _ = _gather(study)
+  summary = report.write_report(
+      report.read_table(str(path)), str(wd.report_dir(study.workdir)), accuracies=accuracies,
+      entries=study.entries, task_groups={t.name: t.group for t in study.tasks},
+      title=f"model_search: {study.config.suite} suite, {len(study.model_names)} models")
+  logging.info("report: %s", summary)
+
+
+STAGES: dict[str, Callable] = {
+    "zoo": zoo,
+    "features": features.run_stage,
+    "scores": scores,
+    "finetune": finetune.run_stage,
+    "select": select,
+    "report": report_stage,
+}
+
+
+def validate(stage_names) -> None:
+  unknown = [s for s in stage_names if s not in STAGES]
+  if unknown:
+    raise ValueError(f"Unknown stage(s) {unknown}; valid stages, in order: {', '.join(STAGES)}")

@@ -1,0 +1,72 @@
+"""The study a config describes: its tasks, its models, its (model, task) grid and its folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import jax
+from etils import epath
+
+from model_search.data import mini
+from model_search.data.task import Task
+from model_search.models import mini_zoo
+from model_search.models.zoo import ModelEntry
+
+SUITES = ("mini",)
+COLLECTIONS = ("mini",)
+
+
+def default_cache_dir() -> epath.Path:
+  return epath.Path(os.environ.get("MODEL_SEARCH_CACHE", "~/.cache/model_search")).expanduser()
+
+
+@dataclasses.dataclass
+class Study:
+  """Resolved paths, tasks and models of one run."""
+  config: object
+  workdir: epath.Path
+  data_dir: str
+  cache_dir: epath.Path
+  tasks: list[Task]
+  _entries: list[ModelEntry] | None = None
+
+  @property
+  def model_names(self) -> list[str]:
+    if self.config.collection == "mini":
+      return list(self.config.zoo.models)
+    return [e.name for e in self.entries]
+
+  @property
+  def entries(self) -> list[ModelEntry]:
+    """The models' entries; for the mini zoo they exist once the zoo stage has built it."""
+    if self._entries is None:
+      self._entries = mini_zoo.entries(self.config.zoo, self.cache_dir / "zoo")
+    return self._entries
+
+  def items(self) -> list[tuple[str, str]]:
+    """This process's share of the (model, task) grid, models outer."""
+    grid = [(m, t.name) for m in self.model_names for t in self.tasks]
+    return grid[jax.process_index()::jax.process_count()]
+
+  def all_items(self) -> list[tuple[str, str]]:
+    return [(m, t.name) for m in self.model_names for t in self.tasks]
+
+
+def from_config(config, workdir) -> Study:
+  """Resolves and validates everything a config names, before any work is done."""
+  if config.suite not in SUITES:
+    raise ValueError(f"Unknown suite {config.suite!r}; known suites: {', '.join(SUITES)}")
+  if config.collection not in COLLECTIONS:
+    raise ValueError(f"Unknown model collection {config.collection!r}; "
+                     f"known collections: {', '.join(COLLECTIONS)}")
+  tasks = [mini.get_task(name) for name in config.tasks]
+  if not tasks:
+    raise ValueError("config.tasks is empty; name at least one task.")
+  mini_zoo.validate(config.zoo)
+  cache_dir = epath.Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+  data_dir = str(epath.Path(config.data_dir).expanduser()) if config.data_dir else str(
+      cache_dir / "tfds")
+  return Study(config=config, workdir=epath.Path(workdir), data_dir=data_dir,
+               cache_dir=cache_dir, tasks=tasks)
