@@ -11,7 +11,9 @@ from etils import epath
 
 from model_search.data import mini
 from model_search.data.task import Task
+from model_search import scores as scores_lib
 from model_search.models import mini_zoo
+from model_search.models import pools
 from model_search.models.zoo import ModelEntry
 
 SUITES = ("mini",)
@@ -65,6 +67,12 @@ def from_config(config, workdir) -> Study:
   if not tasks:
     raise ValueError("config.tasks is empty; name at least one task.")
   mini_zoo.validate(config.zoo)
+  scores_lib.validate(config.scores.to_dict())
+  custom = config.select.custom_pools.to_dict()
+  unknown = [p for p in config.select.pools if p not in pools.POOLS and p not in custom]
+  if unknown:
+    raise ValueError(f"Unknown pool(s) {unknown}; known pools: "
+                     f"{', '.join(sorted(set(pools.POOLS) | set(custom)))}")
   cache_dir = epath.Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
   data_dir = str(epath.Path(config.data_dir).expanduser()) if config.data_dir else str(
       cache_dir / "tfds")
