@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "tf2jax==0.3.8",
     "tensorflow-hub==0.16.1",
     "tensorflow-datasets==4.9.10",
+    # TFDS 4.9.10 imports it for builders defined in packages but does not declare it.
+    "importlib_resources==7.1.0",
     "ml-collections==1.1.0",
     "absl-py==2.5.1",
     "etils==1.15.0",
