@@ -16,7 +16,8 @@ def _linear_model(in_dim, feat_dim, seed=0):
       feature_dim=feat_dim, input_size=2, value_range=(0.0, 1.0), logits=None)
 
 
-def _reference_sgd(w1, x, y, num_classes, *, lr, steps, indices, momentum, decay_at):
+def _reference_sgd(w1, x, y, num_classes, *, lr, steps, indices, momentum, decay_at,
+                   clip=None):
   """Softmax regression on x @ w1 with a zero head, every parameter trained; NumPy float64."""
   w1 = w1.astype(np.float64)
   w2 = np.zeros((w1.shape[1], num_classes))
@@ -35,6 +36,9 @@ def _reference_sgd(w1, x, y, num_classes, *, lr, steps, indices, momentum, decay
     g[np.arange(len(yb)), yb] -= 1
     g /= len(yb)
     grads = [xb.T @ (g @ w2.T), f.T @ g, g.sum(0)]
+    if clip is not None:
+      norm = np.sqrt(sum((gr**2).sum() for gr in grads))
+      grads = [gr * min(1.0, clip / norm) for gr in grads]
     lr_t = lr * 0.1 ** sum(t >= bd for bd in bounds)
     for i, (param, grad) in enumerate(zip([w1, w2, b], grads)):
       vel[i] = momentum * vel[i] + grad
@@ -42,20 +46,22 @@ def _reference_sgd(w1, x, y, num_classes, *, lr, steps, indices, momentum, decay
   return np.array(losses), (w1, w2, b)
 
 
-def test_training_matches_numpy_reference():
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_training_matches_numpy_reference(clip):
   rng = np.random.RandomState(1)
   x = rng.rand(40, 2, 2, 3).astype(np.float32)
   y = rng.randint(0, 3, 40)
   model = _linear_model(12, 5)
   steps, lrs = 12, (0.5, 0.05)
   tuner = finetune.Finetuner(model, head_classes=3, momentum=0.9, steps=steps,
-                             decay_at=(0.3, 0.6, 0.9), warmup_steps=0, eval_batch_size=16)
+                             decay_at=(0.3, 0.6, 0.9), warmup_steps=0, eval_batch_size=16,
+                             grad_clip_norm=clip)
   idx = finetune.batch_indices(40, steps=steps, batch_size=8, seed=3)
   params, losses = tuner.train(lrs, x, y, 3, idx)
   for i, lr in enumerate(lrs):
     ref_losses, (w1, w2, b) = _reference_sgd(
         np.asarray(model.params["w"]), x, y, 3, lr=lr, steps=steps, indices=idx, momentum=0.9,
-        decay_at=(0.3, 0.6, 0.9))
+        decay_at=(0.3, 0.6, 0.9), clip=clip)
     np.testing.assert_allclose(np.asarray(losses[i]), ref_losses, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(params["backbone"]["w"][i]), w1, atol=1e-4)
     np.testing.assert_allclose(np.asarray(params["head"]["kernel"][i]), w2, atol=1e-4)

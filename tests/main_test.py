@@ -1,0 +1,209 @@
+"""End-to-end tests of `main`: the smoke config, resuming after a kill, corrupt files, bad input."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from model_search import main
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(cache_dir, arg="smoke"):
+  sys.path.insert(0, str(REPO))
+  try:
+    from configs import mini  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  config = mini.get_config(arg)
+  config.cache_dir = str(cache_dir)
+  return config
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(cache_dir, tmp_path_factory):
+  """One uninterrupted run of configs/mini.py:smoke (the zoo is built into cache_dir)."""
+  workdir = tmp_path_factory.mktemp("smoke")
+  config = _config(cache_dir)
+  main.run(config, str(workdir))
+  return config, workdir
+
+
+def _results(workdir):
+  """Every result of a workdir, timings left out, keyed by relative path."""
+  out = {}
+  for path in sorted(pathlib.Path(workdir).rglob("*")):
+    rel = str(path.relative_to(workdir))
+    if path.name.startswith(".") or not path.is_file():
+      continue
+    if path.suffix == ".json" and rel.split("/")[0] in ("finetune", "scores"):
+      data = json.loads(path.read_text())
+      data.pop("secs", None)
+      out[rel] = data
+    elif path.suffix == ".npz":
+      with np.load(path, allow_pickle=False) as data:
+        out[rel] = {k: data[k].tolist() for k in data.files}
+    elif rel == "select/table.csv":
+      out[rel] = path.read_text()
+  return out
+
+
+def test_smoke_produces_every_result(smoke_run):
+  config, workdir = smoke_run
+  models = json.loads((workdir / "models.json").read_text())
+  assert [m["name"] for m in models] == list(config.zoo.models)
+  dims = {m["name"]: m["feature_dim"] for m in models}
+  for m in config.zoo.models:
+    for t in config.tasks:
+      for split, n in (("train800", 800), ("val200", 200)):
+        with np.load(workdir / "features" / m / t / f"{split}.npz") as f:
+          assert f["features"].shape == (n, dims[m]) and f["labels"].shape == (n,)
+          assert np.isfinite(f["features"]).all()
+          np.testing.assert_allclose(f["source_probs"].sum(1), 1.0, atol=1e-4)
+      scores = json.loads((workdir / "scores" / m / f"{t}.json").read_text())["scores"]
+      assert set(scores) == set(config.scores.keys())
+      assert all(0.0 <= s["score"] <= 1.0 for s in scores.values())
+      ft = json.loads((workdir / "finetune" / m / f"{t}.json").read_text())
+      assert 0.0 <= ft["test_accuracy"] <= 1.0 and ft["learning_rate"] in (0.1, 0.01)
+      best = max(ft["repeats"][0]["runs"], key=lambda r: r["val_accuracy"])
+      assert ft["test_accuracy"] == best["test_accuracy"]  # The val-picked run is reported.
+      assert len(best["loss_curve"]) == config.finetune.steps
+  table = pd.read_csv(workdir / "select" / "table.csv")
+  num_scores = len(config.scores)
+  for pool, members in json.loads((workdir / "select" / "pools.json").read_text()).items():
+    rows = table[table.pool == pool]
+    # task_agnostic, oracle, random + 2 per score, for each budget 1..M, for each task.
+    assert len(rows) == len(config.tasks) * len(members) * (3 + 2 * num_scores)
+    assert (rows[rows.strategy == "oracle"].absolute_regret == 0).all()
+  summary = (workdir / "report" / "summary.md").read_text()
+  assert "### Winners" in summary
+  assert len(list((workdir / "report").glob("*.png"))) >= 4
+
+
+def test_stage_outputs_agree_with_independent_computations(smoke_run):
+  """Scores and selections recomputed here from the stored features and accuracies."""
+  from sklearn import neighbors  # pylint: disable=g-import-not-at-top
+  config, workdir = smoke_run
+  models = {m["name"]: m for m in json.loads((workdir / "models.json").read_text())}
+  table = pd.read_csv(workdir / "select" / "table.csv")
+  for t in config.tasks:
+    accs = {}
+    for m in config.zoo.models:
+      with np.load(workdir / "features" / m / t / "train800.npz") as tr, \
+          np.load(workdir / "features" / m / t / "val200.npz") as va:
+        knn = neighbors.KNeighborsClassifier(1, algorithm="brute").fit(tr["features"],
+                                                                        tr["labels"])
+        want = (knn.predict(va["features"]) == va["labels"]).mean()
+      got = json.loads((workdir / "scores" / m / f"{t}.json").read_text())["scores"]["knn"]
+      assert got["score"] == pytest.approx(want, abs=1e-9)
+      accs[m] = json.loads((workdir / "finetune" / m / f"{t}.json").read_text())["test_accuracy"]
+    rows = table[(table.pool == "all") & (table.task == t) & (table.budget == 1)]
+    by_strategy = rows.set_index("strategy")
+    assert by_strategy.loc["oracle", "accuracy"] == pytest.approx(max(accs.values()))
+    generalists = [m for m in config.zoo.models if not models[m]["expert"]]
+    first = max(generalists, key=lambda m: models[m]["imagenet_accuracy"])
+    assert by_strategy.loc["task_agnostic", "selected"] == first
+    assert by_strategy.loc["random", "accuracy"] == pytest.approx(np.mean(list(accs.values())))
+    oracle = max(accs.values())
+    assert by_strategy.loc["task_agnostic", "absolute_regret"] == pytest.approx(
+        oracle - accs[first])
+
+
+def test_rerun_skips_finished_items(smoke_run):
+  config, workdir = smoke_run
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*.npz")}
+  before.update({p: p.stat().st_mtime_ns for p in (workdir / "finetune").rglob("*.json")})
+  results = _results(workdir)
+  main.run(config, str(workdir))
+  assert {p: p.stat().st_mtime_ns for p in before} == before
+  assert _results(workdir) == results
+
+
+def test_killed_run_resumes_to_identical_results(smoke_run, cache_dir, tmp_path):
+  config, reference = smoke_run
+  workdir = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "model_search.main", "--config=configs/mini.py:smoke",
+         f"--workdir={workdir}", f"--config.cache_dir={cache_dir}"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      if len(list((workdir / "finetune").rglob("*.json"))) >= 2:
+        break
+      time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed mid-stage"
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.wait()
+  done = len(list((workdir / "finetune").rglob("*.json")))
+  assert 2 <= done < len(config.zoo.models) * len(config.tasks)
+  main.run(config, str(workdir))
+  assert _results(workdir) == _results(reference)
+
+
+def test_corrupt_results_are_recomputed(smoke_run, tmp_path):
+  config, reference = smoke_run
+  workdir = tmp_path / "copy"
+  shutil.copytree(reference, workdir)
+  m, t = config.zoo.models[0], config.tasks[0]
+  feats = workdir / "features" / m / t / "train800.npz"
+  feats.write_bytes(feats.read_bytes()[:1000])  # Truncated.
+  (workdir / "finetune" / m / f"{t}.json").write_text('{"test_accuracy": 0.5')  # Corrupt.
+  (workdir / "scores" / m / f"{t}.json").write_text(
+      json.dumps({"scores": {}, "fingerprint": "from-another-config"}))  # Stale.
+  main.run(config, str(workdir))
+  assert _results(workdir) == _results(reference)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("tasks", ("mini_digits", "mini_nope"), "Unknown task 'mini_nope'; known tasks: "),
+    ("zoo.models", ("cnn_small", "resnet9000"), "Unknown model"),
+    ("stages", ("features", "train"), "Unknown stage"),
+    ("select.pools", ("all", "tiny"), "Unknown pool"),
+])
+def test_bad_names_fail_before_any_work(tmp_path, field, value, message):
+  config = _config(tmp_path / "cache")
+  with config.unlocked():
+    parent, _, key = field.rpartition(".")
+    setattr(config.get(parent) if parent else config, key, value)
+  with pytest.raises(ValueError, match=message):
+    main.run(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def test_unknown_score_fails_before_any_work(tmp_path):
+  config = _config(tmp_path / "cache")
+  with config.unlocked():
+    config.scores.logmee = {}
+  with pytest.raises(ValueError, match="logmee.*knn"):
+    main.run(config, str(tmp_path / "work"))
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(ValueError, match="not writable"):
+    main.run(_config(tmp_path / "cache"), str(blocker / "work"))
+
+
+def test_unknown_config_key_and_argument_are_errors(tmp_path):
+  cmd = [sys.executable, "-m", "model_search.main", "--config=configs/mini.py:smoke",
+         f"--workdir={tmp_path}", "--config.finetune.stepz=3"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "stepz" in out.stderr
+  with pytest.raises(ValueError, match="valid arguments: models, smoke, tasks"):
+    _config(tmp_path, "smok")
