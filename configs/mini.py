@@ -63,7 +63,7 @@ def get_config(arg=None):
 
   # Task-aware scores: result name -> options ('type' picks the module, default the name).
   config.scores = ml_collections.ConfigDict()
-  config.scores.linear = {"steps": 200 if smoke else 500, "batch_size": 256}
+  config.scores.linear = {"steps": 100 if smoke else 500, "batch_size": 256}
   config.scores.knn = {"k": 1}
 
   # Ground truth: the whole network plus a new zero-initialised linear head, SGD with momentum,
@@ -73,7 +73,7 @@ def get_config(arg=None):
   config.finetune.momentum = 0.9
   # The paper's 2500 steps at batch 512 (1600 epochs of train800), scaled down to 4 epochs.
   config.finetune.batch_size = 32
-  config.finetune.steps = 30 if smoke else 100
+  config.finetune.steps = 20 if smoke else 100
   # Clip the gradient's global norm (0: no clipping, as the VTAB reference): at lr 0.1 the
   # mini zoo's CNNs, which have no normalisation layers, diverge without it.
   config.finetune.grad_clip_norm = 1.0
@@ -81,7 +81,8 @@ def get_config(arg=None):
   config.finetune.decay_at = (0.3, 0.6, 0.9)
   config.finetune.warmup_steps = 0
   config.finetune.repeats = 1
-  config.finetune.eval_batch_size = 500
+  # val200 is one batch, test five: no padded work.
+  config.finetune.eval_batch_size = 200
 
   config.select = ml_collections.ConfigDict()
   config.select.pools = ("all", "expert", "imagenet", "resnet50", "dim2048")

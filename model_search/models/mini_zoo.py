@@ -88,9 +88,9 @@ def get_zoo_config(smoke: bool = False) -> ml_collections.ConfigDict:
   # AdamW with linear warm-up then cosine decay; no augmentation.
   c.learning_rate = 2e-3
   c.weight_decay = 1e-4
-  c.warmup_steps = 50
-  c.steps_generalist = 120 if smoke else 1000
-  c.steps_expert = 80 if smoke else 500
+  c.warmup_steps = 10 if smoke else 50
+  c.steps_generalist = 60 if smoke else 1000
+  c.steps_expert = 40 if smoke else 500
   c.eval_batch_size = 500
   return c
 
@@ -101,6 +101,10 @@ def validate(zoo_config) -> None:
     raise ValueError(f"Unknown model(s) {unknown}; models of the mini zoo: {', '.join(SPECS)}")
   if not zoo_config.models:
     raise ValueError("config.zoo.models is empty; name at least one model.")
+  shortest = min(zoo_config.steps_expert, zoo_config.steps_generalist)
+  if not 0 <= zoo_config.warmup_steps < shortest:
+    raise ValueError(f"config.zoo.warmup_steps={zoo_config.warmup_steps} must be in "
+                     f"0..{shortest - 1} (below the pre-training steps).")
 
 
 def _recipe(spec: MiniModel, zoo_config) -> dict[str, Any]:
