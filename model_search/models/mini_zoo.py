@@ -76,7 +76,7 @@ SPECS: dict[str, MiniModel] = {s.name: s for s in [
     MiniModel("expert_sprites", "resnet", _EXPERT_ARCH, "up_sprites", True),
 ]}
 
-SMOKE_MODELS = ("cnn_small", "mixer_broad", "expert_digits", "expert_count")
+SMOKE_MODELS = ("mixer_broad", "expert_digits", "expert_count")
 
 
 def get_zoo_config(smoke: bool = False) -> ml_collections.ConfigDict:
