@@ -3,12 +3,12 @@
   python -m model_search.main --config=configs/mini.py --workdir=/tmp/mini
 
 Needs no network: the mini suite's TFDS builders generate their data locally and the mini zoo is
-pre-trained by the project itself. About 13 minutes on a 2-core CPU the first time (fine-tuning
-99 model-task pairs and pre-training the zoo are most of it), under a minute when rerun on the
-same workdir and cache.
+pre-trained by the project itself. 8 to 13 minutes on a 2-core CPU the first time (fine-tuning
+99 model-task pairs and pre-training the zoo are most of it), under 20 s when rerun on the same
+workdir and cache.
 
 Variants (`--config=configs/mini.py:ARG`):
-  smoke           every stage end to end on 2 tasks and a 3-model zoo, about 80 s.
+  smoke           every stage end to end on 2 tasks and a 3-model zoo, 50 to 85 s.
   tasks=GROUP     natural | specialized | structured | all, or names joined by '+'.
   models=A+B+C    a subset of the zoo.
 Arguments combine with commas: `smoke,tasks=structured`.

@@ -27,7 +27,10 @@ _VERSION = "features-v1"
 class Extractor:
   """Runs a HubModel over batches with the batch sharded over all local devices."""
 
-  def __init__(self, model: hub.HubModel, *, batch_size: int):
+  def __init__(self, model: hub.HubModel, *, batch_size: int, image_size: int | None = None):
+    """Args: model; batch_size (rounded up to a multiple of the local devices); image_size,
+    the side images are resized to (default: the model's input size, else unchanged)."""
+    self.image_size = image_size or model.input_size
     devices = np.array(jax.local_devices())
     self.mesh = Mesh(devices, ("data",))
     n = len(devices)
@@ -50,18 +53,27 @@ class Extractor:
 
   def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """Features (and source probabilities) of uint8 images [N, H, W, 3], in order."""
-    size = self.model.input_size or images.shape[1]
-    feats, probs = [], []
-    for batch in pipeline.batches_from_arrays(
+    batches = pipeline.batches_from_arrays(
         images, np.zeros(len(images), np.int32), batch_size=self.batch_size,
-        image_size=size, value_range=self.model.value_range):
+        image_size=self.image_size or images.shape[1], value_range=self.model.value_range)
+    out = self.from_batches(batches)
+    out.pop("labels")
+    return out
+
+  def from_batches(self, batches) -> dict[str, np.ndarray]:
+    """Features (and source probabilities) and labels of padded, masked model-input batches
+    ({'image': float32 [B, S, S, 3], 'label', 'mask'}, as pipeline.eval_batches yields them)."""
+    feats, probs, labels = [], [], []
+    for batch in batches:
       x = jax.device_put(batch["image"], self.data_sharding)
       f, p = self._forward(self.params, x)
       mask = np.asarray(batch["mask"])
       feats.append(np.asarray(f)[mask])
+      labels.append(np.asarray(batch["label"])[mask])
       if p is not None:
         probs.append(np.asarray(p)[mask])
-    out = {"features": np.concatenate(feats).astype(np.float32)}
+    out = {"features": np.concatenate(feats).astype(np.float32),
+           "labels": np.concatenate(labels).astype(np.int32)}
     if probs:
       out["source_probs"] = np.concatenate(probs).astype(np.float32)
     return out
@@ -95,17 +107,26 @@ def run_stage(study) -> None:
   for m, t, s in tqdm.tqdm(todo, desc="features", unit="split"):
     entry, task = by_name[m], task_by_name[t]
     if current != m:
-      extractor, current = Extractor(hub.load(entry.handle),
+      extractor, current = Extractor(hub.load(entry.handle), image_size=entry.input_size,
                                      batch_size=config.features.batch_size), m
-    if (t, s) not in arrays:
-      arrays[t, s] = pipeline.load_split(task, s, data_dir=study.data_dir)
-    images, labels = arrays[t, s]
     start = time.perf_counter()
-    out = extractor(images)
+    if task.image_size is None:
+      # Images of many sizes (Caltech101, DTD, ...): resize while reading, as the reference.
+      if extractor.image_size is None:
+        raise ValueError(f"Model {m!r} declares no input size and task {t!r} has images of "
+                         "many sizes; set input_size in the model's entry.")
+      out = extractor.from_batches(pipeline.eval_batches(
+          task, s, batch_size=extractor.batch_size, image_size=extractor.image_size,
+          value_range=extractor.model.value_range, data_dir=study.data_dir))
+    else:
+      # Fixed-size images: read each split once and reuse it for every model.
+      if (t, s) not in arrays:
+        arrays[t, s] = pipeline.load_split(task, s, data_dir=study.data_dir)
+      images, labels = arrays[t, s]
+      out = {**extractor(images), "labels": labels.astype(np.int32)}
     secs += time.perf_counter() - start
-    num_images += len(images)
+    num_images += len(out["labels"])
     wd.write_npz(wd.features_path(workdir, m, t, s),
-                 fingerprint_=feature_fingerprint(entry, task, s),
-                 labels=labels.astype(np.int32), **out)
+                 fingerprint_=feature_fingerprint(entry, task, s), **out)
   logging.info("features: %d images in %.1fs (%.0f images/s, compile included).",
                num_images, secs, num_images / max(secs, 1e-9))

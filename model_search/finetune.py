@@ -215,11 +215,20 @@ def run_stage(study) -> None:
                                  eval_batch_size=ft.eval_batch_size,
                                  grad_clip_norm=ft.grad_clip_norm or None), m
     splits = {}
+    size = entry.input_size or model.input_size
     for s in ("train800", "val200", "test"):
+      if task.image_size is None:  # Images of many sizes: resize while reading.
+        if size is None:
+          raise ValueError(f"Model {m!r} declares no input size and task {t!r} has images of "
+                           "many sizes; set input_size in the model's entry.")
+        splits[s] = pipeline.load_resized(task, s, image_size=size,
+                                          value_range=model.value_range,
+                                          data_dir=study.data_dir)
+        continue
       if (t, s) not in raw:
         raw[t, s] = pipeline.load_split(task, s, data_dir=study.data_dir)
       images, labels = raw[t, s]
-      splits[s] = (pipeline.to_model_input(images, image_size=model.input_size or images.shape[1],
+      splits[s] = (pipeline.to_model_input(images, image_size=size or images.shape[1],
                                            value_range=model.value_range), labels)
     start = time.perf_counter()
     result = {"model": m, "task": t, "fingerprint": _fingerprint(config, entry, task)}

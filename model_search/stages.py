@@ -27,8 +27,11 @@ _SCORES_VERSION = "scores-v1"
 
 
 def zoo(study) -> None:
-  """Builds (pre-trains and exports) the models of the mini zoo that are not cached yet."""
-  entries = mini_zoo.build(study.config.zoo, study.cache_dir / "zoo", study.data_dir)
+  """Builds (pre-trains and exports) the mini zoo's models not cached yet; records the models."""
+  if study.config.collection == "mini":
+    entries = mini_zoo.build(study.config.zoo, study.cache_dir / "zoo", study.data_dir)
+  else:
+    entries = study.entries  # Listed in the config; nothing to build.
   study._entries = entries  # pylint: disable=protected-access
   if jax.process_index() == 0:
     wd.write_json(study.workdir / "models.json", [e.to_json() for e in entries])

@@ -10,14 +10,17 @@ import jax
 from etils import epath
 
 from model_search.data import mini
+from model_search.data import vtab
 from model_search.data.task import Task
 from model_search import scores as scores_lib
 from model_search.models import mini_zoo
 from model_search.models import pools
 from model_search.models.zoo import ModelEntry
 
-SUITES = ("mini",)
-COLLECTIONS = ("mini",)
+# Task suites: config.suite -> the module with get_task(name).
+SUITES = {"mini": mini, "vtab": vtab}
+# 'mini': the project's mini zoo (config.zoo); 'user': the models listed in config.models.
+COLLECTIONS = ("mini", "user")
 
 
 def default_cache_dir() -> epath.Path:
@@ -44,7 +47,10 @@ class Study:
   def entries(self) -> list[ModelEntry]:
     """The models' entries; for the mini zoo they exist once the zoo stage has built it."""
     if self._entries is None:
-      self._entries = mini_zoo.entries(self.config.zoo, self.cache_dir / "zoo")
+      if self.config.collection == "mini":
+        self._entries = mini_zoo.entries(self.config.zoo, self.cache_dir / "zoo")
+      else:
+        self._entries = user_entries(self.config)
     return self._entries
 
   def items(self) -> list[tuple[str, str]]:
@@ -63,10 +69,13 @@ def from_config(config, workdir) -> Study:
   if config.collection not in COLLECTIONS:
     raise ValueError(f"Unknown model collection {config.collection!r}; "
                      f"known collections: {', '.join(COLLECTIONS)}")
-  tasks = [mini.get_task(name) for name in config.tasks]
+  tasks = [SUITES[config.suite].get_task(name) for name in config.tasks]
   if not tasks:
     raise ValueError("config.tasks is empty; name at least one task.")
-  mini_zoo.validate(config.zoo)
+  if config.collection == "mini":
+    mini_zoo.validate(config.zoo)
+  else:
+    user_entries(config)  # Validates config.models.
   scores_lib.validate(config.scores.to_dict())
   custom = config.select.custom_pools.to_dict()
   unknown = [p for p in config.select.pools if p not in pools.POOLS and p not in custom]
@@ -78,3 +87,27 @@ def from_config(config, workdir) -> Study:
       cache_dir / "tfds")
   return Study(config=config, workdir=epath.Path(workdir), data_dir=data_dir,
                cache_dir=cache_dir, tasks=tasks)
+
+
+def user_entries(config) -> list[ModelEntry]:
+  """The ModelEntry records of `config.models` (collection 'user'), in config order.
+
+  `config.models` maps a model name to ModelEntry fields: at least `handle` (a hub URL or a
+  SavedModel directory), plus any metadata the strategies and pools use (imagenet_accuracy,
+  upstream_size, num_params, feature_dim, expert, ...). `input_size` defaults to
+  `config.default_input_size` (224, the VTAB reference's resize) where the entry has none.
+  """
+  models = config.get("models")
+  if not models:
+    raise ValueError("config.collection is 'user' but config.models is empty; list models as "
+                     "{name: {'handle': URL or SavedModel dir, ...ModelEntry fields}}.")
+  default_size = config.get("default_input_size")
+  entries = []
+  for name, fields in models.items():
+    fields = fields.to_dict() if hasattr(fields, "to_dict") else dict(fields)
+    if "handle" not in fields:
+      raise ValueError(f"Model {name!r} in config.models has no 'handle' (a hub URL or a "
+                       "SavedModel directory).")
+    fields.setdefault("input_size", default_size)
+    entries.append(ModelEntry.from_json({"name": name, "collection": "user", **fields}))
+  return entries

@@ -170,7 +170,7 @@ def test_corrupt_results_are_recomputed(smoke_run, tmp_path):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("tasks", ("mini_digits", "mini_nope"), "Unknown task 'mini_nope'; known tasks: "),
+    ("tasks", ("mini_digits", "mini_nope"), "Unknown task 'mini_nope'; known mini tasks: "),
     ("zoo.models", ("cnn_small", "resnet9000"), "Unknown model"),
     ("stages", ("features", "train"), "Unknown stage"),
     ("select.pools", ("all", "tiny"), "Unknown pool"),

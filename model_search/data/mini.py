@@ -336,34 +336,26 @@ TASKS: dict[str, task_lib.Task] = {
         splits=SPLITS,
         preprocess=_identity,
         image_size=(draw.S, draw.S),
+        split_sizes={"train800": 800, "val200": 200, "train800val200": 1000,
+                     "test": _DOWNSTREAM_SIZES["test"]},
     ) for name, group in _GROUPS.items()
 }
 
 
 def task_names(group: str | None = None) -> list[str]:
-  """Names of the downstream mini tasks, optionally of one VTAB group.
-
-  Args:
-    group: None (all tasks) or one of 'natural', 'specialized', 'structured'.
-
-  Returns:
-    The task names in suite order.
-  """
-  if group is None:
-    return list(TASKS)
-  if group not in task_lib.GROUPS:
-    raise ValueError(f"Unknown group {group!r}; valid groups: "
-                     f"{', '.join(task_lib.GROUPS)}")
-  return [name for name, t in TASKS.items() if t.group == group]
+  """Names of the downstream mini tasks in suite order, optionally of one group
+  ('natural', 'specialized' or 'structured')."""
+  return task_lib.names(TASKS, group)
 
 
 def get_task(name: str) -> task_lib.Task:
   """Returns the downstream mini task `name` (see `task_names()`)."""
-  try:
-    return TASKS[name]
-  except KeyError:
-    raise ValueError(f"Unknown task {name!r}; known tasks: "
-                     f"{', '.join(sorted(TASKS))}") from None
+  return task_lib.lookup(TASKS, name, "mini")
+
+
+def select_tasks(spec: str | None) -> list[str]:
+  """Task names from 'all' (or empty), a group, or names joined by '+'."""
+  return task_lib.select(TASKS, spec, "mini")
 
 
 @dataclasses.dataclass(frozen=True)

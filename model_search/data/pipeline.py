@@ -23,43 +23,87 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 
-def _builder(task: Any, data_dir: str | None):
-  """The prepared TFDS builder of `task`; generates mini datasets if needed."""
+def _not_prepared(task: Any, builder, data_dir: str | None) -> FileNotFoundError:
+  """The error for a dataset missing from data_dir, with how to prepare it."""
+  hint = getattr(task, "prepare_hint", "") or (
+      f"is prepared with `tfds build {task.tfds_name.split(':')[0]} --data_dir=DATA_DIR`")
+  hint = hint.replace("DATA_DIR", data_dir or "~/tensorflow_datasets")
+  return FileNotFoundError(
+      f"TFDS dataset {task.tfds_name!r} (task {getattr(task, 'name', '?')!r}) is not prepared "
+      f"in data_dir {data_dir or tfds.core.constants.DATA_DIR!r}: expected "
+      f"{os.fspath(builder.data_dir)!r}. It {hint}. See 'Preparing VTAB-1k' in the README.")
+
+
+def builder(task: Any, data_dir: str | None = None):
+  """The TFDS builder of `task`; generates mini datasets if needed."""
   try:
-    builder = tfds.builder(task.tfds_name, data_dir=data_dir)
+    tfds_builder = tfds.builder(task.tfds_name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(
         f"TFDS has no builder {task.tfds_name!r} (task "
         f"{getattr(task, 'name', '?')!r}); for "
         "mini tasks, import model_search.data.mini first") from e
-  if not builder.is_prepared():
-    if getattr(builder, "GENERATES_LOCALLY", False):
-      builder.download_and_prepare()  # The mini suite: offline and fast.
-    else:
-      raise FileNotFoundError(
-          f"TFDS dataset {task.tfds_name!r} (task "
-          f"{getattr(task, 'name', '?')!r}) is not "
-          f"prepared in data_dir {data_dir or tfds.core.constants.DATA_DIR!r}: "
-          f"expected {os.fspath(builder.data_dir)!r}. Prepare it first, e.g. "
-          f"`tfds build {task.tfds_name.split(':')[0]} --data_dir=...` "
-          "(some VTAB datasets need a manual download).")
-  return builder
+  except AssertionError as e:  # A version this TFDS cannot build and data_dir does not hold.
+    raise ValueError(f"Task {getattr(task, 'name', '?')!r}: {e}") from e
+  if not tfds_builder.is_prepared() and getattr(tfds_builder, "GENERATES_LOCALLY", False):
+    tfds_builder.download_and_prepare()  # The mini suite: offline and fast.
+  return tfds_builder
 
 
-def _dataset(task: Any, split_name: str,
-             data_dir: str | None) -> tf.data.Dataset:
-  """The task's split as preprocessed examples, in TFDS order."""
+def _check_size(task: Any, split_name: str, builder) -> None:
+  """Fails when a prepared split does not have the size the task's definition expects."""
+  expected = getattr(task, "split_sizes", {}).get(split_name)
+  if expected is None or not builder.info.splits:  # Unknown, or a mocked builder.
+    return
+  found = builder.info.splits[task.split(split_name)].num_examples
+  if found != expected:
+    raise ValueError(
+        f"Task {task.name!r} split {split_name!r} ({task.split(split_name)!r}) has {found} "
+        f"examples in {os.fspath(builder.data_dir)!r}, but the task defines {expected}: the "
+        "prepared dataset is another version or incomplete; prepare it again.")
+
+
+def dataset(task: Any, split_name: str, data_dir: str | None = None, *,
+            with_ids: bool = False, decode_images: bool = True) -> tf.data.Dataset:
+  """The task's split as preprocessed examples, in TFDS order.
+
+  Args:
+    task: a Task (anything with tfds_name, split() and preprocess).
+    split_name: one of the task's split names.
+    data_dir: TFDS data directory; None means TFDS's default.
+    with_ids: also yield each example's 'tfds_id' (a string naming its file and index).
+    decode_images: False skips JPEG/PNG decoding and hands `preprocess` a 1x1 black image of the
+      feature's channel count instead (for labels and ids only).
+
+  Returns:
+    A deterministic tf.data.Dataset of {'image': uint8 [H, W, 3], 'label': int64[, 'tfds_id']}.
+  """
   split = task.split(split_name)
-  builder = _builder(task, data_dir)
+  tfds_builder = builder(task, data_dir)
+  decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
   # One file at a time: examples come in TFDS order, and the parts of a
   # split string such as 'train[:800]+validation[:200]' in the order named.
-  ds = builder.as_dataset(
-      split=split, shuffle_files=False,
-      read_config=tfds.ReadConfig(interleave_cycle_length=1))
+  try:
+    ds = tfds_builder.as_dataset(
+        split=split, shuffle_files=False, decoders=decoders,
+        read_config=tfds.ReadConfig(interleave_cycle_length=1, add_tfds_id=with_ids))
+  except AssertionError as e:  # TFDS's "could not find data in ..."
+    raise _not_prepared(task, tfds_builder, data_dir) from e
+  _check_size(task, split_name, tfds_builder)
   options = tf.data.Options()
   options.deterministic = True
-  return ds.with_options(options).map(task.preprocess,
-                                      num_parallel_calls=tf.data.AUTOTUNE)
+  channels = tfds_builder.info.features["image"].shape[-1] or 3
+
+  def preprocess(example):
+    example = dict(example)
+    if not decode_images:
+      example["image"] = tf.zeros([1, 1, channels], tf.uint8)
+    out = dict(task.preprocess(example))
+    if with_ids:
+      out["tfds_id"] = example["tfds_id"]
+    return out
+
+  return ds.with_options(options).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def num_examples(task: Any, split_name: str,
@@ -75,7 +119,10 @@ def num_examples(task: Any, split_name: str,
     The example count, from the prepared dataset's metadata.
   """
   split = task.split(split_name)
-  return int(_builder(task, data_dir).info.splits[split].num_examples)
+  tfds_builder = builder(task, data_dir)
+  if not tfds_builder.info.splits:
+    raise _not_prepared(task, tfds_builder, data_dir)
+  return int(tfds_builder.info.splits[split].num_examples)
 
 
 def load_split(task: Any, split_name: str, *,
@@ -97,7 +144,7 @@ def load_split(task: Any, split_name: str, *,
     FileNotFoundError: a non-mini dataset is not prepared in data_dir.
   """
   images, labels = [], []
-  ds = _dataset(task, split_name, data_dir).batch(1024)
+  ds = dataset(task, split_name, data_dir).batch(1024)
   for batch in ds.as_numpy_iterator():
     images.append(batch["image"])
     labels.append(batch["label"])
@@ -110,6 +157,30 @@ def load_split(task: Any, split_name: str, *,
                      "eval_batches")
   return (np.concatenate(images).astype(np.uint8),
           np.concatenate(labels).astype(np.int32))
+
+
+def load_resized(task: Any, split_name: str, *, image_size: int | Sequence[int],
+                 value_range: Sequence[float] = (0.0, 1.0), data_dir: str | None = None,
+                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """A whole split as model inputs, resized while reading (for images of many sizes).
+
+  Args:
+    task: a Task (anything with tfds_name, split() and preprocess).
+    split_name: one of the task's split names.
+    image_size: output side S, or (height, width).
+    value_range: pixel value range the model expects.
+    data_dir: TFDS data directory; None means TFDS's default.
+    batch_size: images resized per step.
+
+  Returns:
+    (images float32 [N, S, S, 3], labels int32 [N]), in TFDS order.
+  """
+  images, labels = [], []
+  for batch in eval_batches(task, split_name, batch_size=batch_size, image_size=image_size,
+                            value_range=value_range, data_dir=data_dir):
+    images.append(batch["image"][batch["mask"]])
+    labels.append(batch["label"][batch["mask"]])
+  return np.concatenate(images), np.concatenate(labels).astype(np.int32)
 
 
 def resize_and_scale(images: Any, size: int | Sequence[int],
@@ -199,7 +270,7 @@ def eval_batches(task: Any, split_name: str, *, batch_size: int,
     return (resize_and_scale(example["image"], image_size, value_range),
             tf.cast(example["label"], tf.int32))
 
-  ds = _dataset(task, split_name, data_dir).map(
+  ds = dataset(task, split_name, data_dir).map(
       prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
   yield from _padded(ds.prefetch(2).as_numpy_iterator(), batch_size)
 
@@ -261,7 +332,7 @@ def train_batches(task: Any, split_name: str, *, batch_size: int,
     image = resize_and_scale(example["image"], image_size, value_range)
     return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
-  ds = _dataset(task, split_name, data_dir).cache().repeat()
+  ds = dataset(task, split_name, data_dir).cache().repeat()
   ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)

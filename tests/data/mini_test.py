@@ -69,7 +69,7 @@ def test_registry():
 
 def test_errors_name_the_choices():
   with pytest.raises(ValueError,
-                     match=r"Unknown task 'cifar'; known tasks: .*mini_digits"):
+                     match=r"Unknown task 'cifar'; known mini tasks: .*mini_digits"):
     mini.get_task("cifar")
   with pytest.raises(ValueError, match=r"Unknown task 'mini_digits'; "
                      r"known tasks: .*up_broad"):

@@ -232,3 +232,18 @@ def test_errors(digits, data_dir, tmp_path):
       splits=mini.SPLITS, preprocess=lambda x: x)
   with pytest.raises(ValueError, match=r"no builder 'no_such_dataset'"):
     pipeline.num_examples(unknown, "test", data_dir=str(tmp_path))
+
+
+def test_prepared_split_of_the_wrong_size_is_refused(digits, data_dir):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  wrong = dataclasses.replace(digits, split_sizes={**digits.split_sizes, "test": 999})
+  with pytest.raises(ValueError, match=r"split 'test' \('test'\) has 1000 examples.*defines 999"):
+    pipeline.load_split(wrong, "test", data_dir=data_dir)
+  assert len(pipeline.load_split(digits, "test", data_dir=data_dir)[1]) == 1000
+
+
+def test_a_version_this_tfds_cannot_build_names_the_task(tmp_path):
+  old = task_lib.Task(name="pets_v3", tfds_name="oxford_iiit_pet:3.*.*", num_classes=37,
+                      group="natural", splits=mini.SPLITS, preprocess=lambda x: x)
+  with pytest.raises(ValueError, match=r"Task 'pets_v3'.*only: 4\.0\.0"):
+    pipeline.num_examples(old, "test", data_dir=str(tmp_path))

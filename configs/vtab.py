@@ -1,0 +1,113 @@
+"""The model-search study on VTAB-1k (Renggli et al., "Which Model to Transfer?").
+
+  python -m model_search.main --config=configs/vtab.py:models=/path/to/models.json \
+      --workdir=/tmp/vtab --config.data_dir=/path/to/tensorflow_datasets
+
+Needs the VTAB-1k datasets prepared in `config.data_dir` (README, "Preparing VTAB-1k"; nothing is
+downloaded at run time). Features and scores take minutes per model on an accelerator;
+fine-tuning with the paper's protocol (2500 steps at batch 512 for each of two learning rates)
+is hours per (model, task) pair: run it on a TPU or GPU VM.
+
+Variants (`--config=configs/vtab.py:ARG`, combined with commas):
+  tasks=GROUP       natural | specialized | structured | all (default), or names joined by '+'
+                    (`tasks=cifar100+dtd+clevr_count`).
+  pool=NAME         the pools to report: all, expert, imagenet, resnet50, dim2048, or several
+                    joined by '+' (default: all five).
+  models=FILE.json  the models: a JSON list of ModelEntry records (`name`, `handle` (a hub URL
+                    or a SavedModel directory), and the metadata the strategies and pools use:
+                    imagenet_accuracy, upstream_size, num_params, feature_dim, expert, ...).
+  zoo=mini          the offline mini zoo instead (32x32 inputs; built into the cache like
+                    configs/mini.py), to try the VTAB data path without hub models.
+The real TF-Hub zoo of the paper becomes the default once `zoo.entries('tfhub')` lands.
+"""
+
+import json
+
+import ml_collections
+
+from model_search.data import vtab
+from model_search.models import mini_zoo
+
+
+def _parse(arg):
+  opts = {}
+  for part in filter(None, (arg or "").split(",")):
+    key, _, value = part.partition("=")
+    opts[key] = value if value else True
+  valid = {"tasks", "pool", "models", "zoo"}
+  unknown = set(opts) - valid
+  if unknown:
+    raise ValueError(f"Unknown config argument(s) {sorted(unknown)} for configs/vtab.py; "
+                     f"valid arguments: {', '.join(sorted(valid))}")
+  if opts.get("zoo") not in (None, "mini"):
+    raise ValueError(f"Unknown zoo {opts['zoo']!r} for configs/vtab.py; valid zoos: mini")
+  return opts
+
+
+def _models(path):
+  """ModelEntry fields by name, from a JSON list of records (or a name -> fields dict)."""
+  with open(path) as f:
+    records = json.load(f)
+  if isinstance(records, dict):
+    records = [{"name": k, **v} for k, v in records.items()]
+  models = {}
+  for r in records:
+    if "name" not in r or "handle" not in r:
+      raise ValueError(f"{path}: every model needs 'name' and 'handle'; got {sorted(r)}")
+    models[r["name"]] = {k: v for k, v in r.items() if k != "name"}
+  return models
+
+
+def get_config(arg=None):
+  opts = _parse(arg)
+  config = ml_collections.ConfigDict()
+
+  config.stages = ("zoo", "features", "scores", "finetune", "select", "report")
+  config.seed = 0
+  # TFDS data directory holding the prepared VTAB-1k datasets (local or gs://); '' means
+  # ~/.cache/model_search/tfds. Mini-zoo models and other caches go to cache_dir.
+  config.data_dir = ""
+  config.cache_dir = ""
+
+  config.suite = "vtab"
+  config.tasks = tuple(vtab.select_tasks(opts.get("tasks")))
+
+  # Models: the mini zoo, or the models listed in a JSON file (collection 'user').
+  if opts.get("zoo") == "mini":
+    config.collection = "mini"
+    config.zoo = mini_zoo.get_zoo_config()
+  else:
+    config.collection = "user"
+    config.models = _models(opts["models"]) if opts.get("models") else {}
+  # The VTAB reference resizes every image to 224x224 for hub modules; a model entry's own
+  # input_size wins.
+  config.default_input_size = 224
+
+  config.features = ml_collections.ConfigDict()
+  config.features.batch_size = 256
+  config.features.splits = ("train800", "val200")
+
+  config.scores = ml_collections.ConfigDict()
+  config.scores.linear = {"steps": 500, "batch_size": 256}
+  config.scores.knn = {"k": 1}
+
+  # Ground truth, the VTAB-1k protocol of the paper: the whole network plus a zero-initialised
+  # linear head, SGD with momentum 0.9, batch 512, 2500 steps, decay x0.1 at 30/60/90 %; each
+  # learning rate trained on train800 and picked on val200; the test accuracy of the pick.
+  config.finetune = ml_collections.ConfigDict()
+  config.finetune.learning_rates = (0.1, 0.01)
+  config.finetune.momentum = 0.9
+  config.finetune.batch_size = 512
+  config.finetune.steps = 2500
+  config.finetune.grad_clip_norm = 0.0  # The reference does not clip.
+  config.finetune.decay_at = (0.3, 0.6, 0.9)
+  config.finetune.warmup_steps = 0
+  config.finetune.repeats = 1
+  config.finetune.eval_batch_size = 500
+
+  config.select = ml_collections.ConfigDict()
+  pools = ("all", "expert", "imagenet", "resnet50", "dim2048")
+  config.select.pools = tuple(opts["pool"].split("+")) if opts.get("pool") else pools
+  config.select.custom_pools = ml_collections.ConfigDict()
+  config.select.budgets = ()  # () means 1..pool size.
+  return config
