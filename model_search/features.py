@@ -9,6 +9,7 @@ wrong shape or non-finite values is discarded and recomputed.
 
 from __future__ import annotations
 
+import collections
 import time
 
 from absl import logging
@@ -27,11 +28,19 @@ _VERSION = "features-v1"
 class Extractor:
   """Runs a HubModel over batches with the batch sharded over all local devices."""
 
-  def __init__(self, model: hub.HubModel, *, batch_size: int, image_size: int | None = None):
-    """Args: model; batch_size (rounded up to a multiple of the local devices); image_size,
-    the side images are resized to (default: the model's input size, else unchanged)."""
+  def __init__(self, model: hub.HubModel, *, batch_size: int, image_size: int | None = None,
+               devices=None):
+    """Builds the sharded forward pass.
+
+    Args:
+      model: the HubModel.
+      batch_size: examples per step, rounded up to a multiple of the number of devices.
+      image_size: the side images are resized to (default: the model's input size, else the
+        images' own size).
+      devices: the devices to shard each batch over (default: all local devices).
+    """
     self.image_size = image_size or model.input_size
-    devices = np.array(jax.local_devices())
+    devices = np.array(jax.local_devices() if devices is None else list(devices))
     self.mesh = Mesh(devices, ("data",))
     n = len(devices)
     # Every device gets the same share of each (padded) batch.
@@ -79,6 +88,43 @@ class Extractor:
     return out
 
 
+# Fixed-size splits up to this many bytes (uint8) are read once and kept for the next models.
+_CACHE_BYTES = 2 << 30
+
+
+class _SplitCache:
+  """The raw uint8 splits of fixed-size tasks, least recently used first out, within a budget."""
+
+  def __init__(self, max_bytes: int):
+    self.max_bytes = max_bytes
+    self._splits: collections.OrderedDict = collections.OrderedDict()
+
+  def get(self, task, split: str, data_dir) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images, labels) of a fixed-size split that fits the budget, else None (stream it)."""
+    key = (task.name, split)
+    if key in self._splits:
+      self._splits.move_to_end(key)
+      return self._splits[key]
+    if task.image_size is None:
+      return None
+    n = _num_examples(task, split, data_dir)
+    if n is None or n * task.image_size[0] * task.image_size[1] * 3 > self.max_bytes:
+      return None
+    value = pipeline.load_split(task, split, data_dir=data_dir)
+    self._splits[key] = value
+    while sum(v[0].nbytes for v in self._splits.values()) > self.max_bytes:
+      self._splits.popitem(last=False)
+    return value
+
+
+def _num_examples(task, split: str, data_dir) -> int | None:
+  """The split's size from the prepared dataset's metadata; None where there is none (mocks)."""
+  builder = pipeline.builder(task, data_dir)
+  if not builder.info.splits:
+    return None
+  return int(builder.info.splits[task.split(split)].num_examples)
+
+
 def feature_fingerprint(entry, task, split: str) -> str:
   return wd.fingerprint(_VERSION, entry.to_json(), task.name, task.tfds_name,
                         task.split(split))
@@ -86,9 +132,16 @@ def feature_fingerprint(entry, task, split: str) -> str:
 
 def load(workdir, entry, task, split: str) -> dict[str, np.ndarray] | None:
   """The cached features of (entry, task, split), or None if absent or unusable."""
-  return wd.read_npz(wd.features_path(workdir, entry.name, task.name, split),
-                     fingerprint_=feature_fingerprint(entry, task, split),
-                     shapes={"features": (None, entry.feature_dim), "labels": (None,)})
+  arrays = wd.read_npz(wd.features_path(workdir, entry.name, task.name, split),
+                       fingerprint_=feature_fingerprint(entry, task, split),
+                       shapes={"features": (None, entry.feature_dim), "labels": (None,)},
+                       dtypes={"features": np.float32, "labels": np.int32,
+                               "source_probs": np.float32})
+  if arrays is not None and len(arrays["features"]) != len(arrays["labels"]):
+    logging.warning("Discarding features of %s on %s/%s: %d features but %d labels.",
+                    entry.name, task.name, split, len(arrays["features"]), len(arrays["labels"]))
+    return None
+  return arrays
 
 
 def run_stage(study) -> None:
@@ -101,7 +154,7 @@ def run_stage(study) -> None:
   if not todo:
     logging.info("features: all %d items cached.", len(items) * len(config.features.splits))
     return
-  arrays: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+  cache = _SplitCache(int(config.features.get("cache_bytes", _CACHE_BYTES)))
   extractor, current = None, None
   num_images, secs = 0, 0.0
   for m, t, s in tqdm.tqdm(todo, desc="features", unit="split"):
@@ -110,20 +163,19 @@ def run_stage(study) -> None:
       extractor, current = Extractor(hub.load(entry.handle), image_size=entry.input_size,
                                      batch_size=config.features.batch_size), m
     start = time.perf_counter()
-    if task.image_size is None:
-      # Images of many sizes (Caltech101, DTD, ...): resize while reading, as the reference.
+    split = cache.get(task, s, study.data_dir)
+    if split is not None:
+      images, labels = split
+      out = {**extractor(images), "labels": labels.astype(np.int32)}
+    else:
+      # Stream: images of many sizes (Caltech101, DTD, ...) or a split too large to keep are
+      # resized while reading, so no split ever has to fit in memory.
       if extractor.image_size is None:
         raise ValueError(f"Model {m!r} declares no input size and task {t!r} has images of "
                          "many sizes; set input_size in the model's entry.")
       out = extractor.from_batches(pipeline.eval_batches(
           task, s, batch_size=extractor.batch_size, image_size=extractor.image_size,
           value_range=extractor.model.value_range, data_dir=study.data_dir))
-    else:
-      # Fixed-size images: read each split once and reuse it for every model.
-      if (t, s) not in arrays:
-        arrays[t, s] = pipeline.load_split(task, s, data_dir=study.data_dir)
-      images, labels = arrays[t, s]
-      out = {**extractor(images), "labels": labels.astype(np.int32)}
     secs += time.perf_counter() - start
     num_images += len(out["labels"])
     wd.write_npz(wd.features_path(workdir, m, t, s),

@@ -118,7 +118,8 @@ def read_json(path: str | os.PathLike[str], *, fingerprint_: str | None = None,
 
 
 def read_npz(path: str | os.PathLike[str], *, fingerprint_: str,
-             shapes: Mapping[str, tuple[int | None, ...]]) -> dict[str, np.ndarray] | None:
+             shapes: Mapping[str, tuple[int | None, ...]],
+             dtypes: Mapping[str, Any] | None = None) -> dict[str, np.ndarray] | None:
   """Reads a cached array file; None when absent or unusable (then it is removed).
 
   Args:
@@ -126,6 +127,7 @@ def read_npz(path: str | os.PathLike[str], *, fingerprint_: str,
     fingerprint_: the expected producer fingerprint.
     shapes: expected keys with shapes (None matches any size on that axis).
       Float arrays must be finite.
+    dtypes: expected dtypes of some of the keys.
 
   Returns:
     The arrays, or None when they have to be recomputed.
@@ -150,6 +152,9 @@ def read_npz(path: str | os.PathLike[str], *, fingerprint_: str,
     a = arrays[key]
     if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
       _discard(path, f"array {key!r} has shape {a.shape}, expected {shape}")
+      return None
+    if dtypes and key in dtypes and a.dtype != np.dtype(dtypes[key]):
+      _discard(path, f"array {key!r} has dtype {a.dtype}, expected {np.dtype(dtypes[key])}")
       return None
     if a.dtype.kind == "f" and not np.isfinite(a).all():
       _discard(path, f"array {key!r} has non-finite values")

@@ -40,3 +40,34 @@ def test_sharded_extraction_matches_tensorflow(exported, num_images, batch_size)
 def test_batch_size_is_rounded_to_the_devices(exported):
   _, model = exported
   assert features.Extractor(model, batch_size=10).batch_size == 12
+
+
+@pytest.mark.parametrize("num_images,batch_size", [(37, 8), (13, 12)])
+def test_four_devices_equal_one_device(exported, num_images, batch_size):
+  """The sharded extraction gives the same features as one device, padding included."""
+  _, model = exported
+  images = np.random.RandomState(7).randint(0, 256, (num_images, 32, 32, 3), np.uint8)
+  four = features.Extractor(model, batch_size=batch_size)
+  one = features.Extractor(model, batch_size=batch_size, devices=jax.local_devices()[:1])
+  assert four.mesh.devices.size == 4 and one.mesh.devices.size == 1
+  a, b = four(images), one(images)
+  assert a["features"].shape == (num_images, model.feature_dim)
+  np.testing.assert_allclose(a["features"], b["features"], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(a["source_probs"], b["source_probs"], rtol=1e-6, atol=1e-7)
+
+
+def test_streamed_batches_equal_in_memory_extraction(exported, tmp_path):
+  """from_batches over the TFDS pipeline (used for large or variable-size splits) equals the
+  in-memory path, labels included, for a split not divisible by the batch."""
+  from model_search.data import mini  # pylint: disable=g-import-not-at-top
+  from model_search.data import pipeline  # pylint: disable=g-import-not-at-top
+  _, model = exported
+  task = mini.get_task("mini_shapes")
+  data_dir = str(tmp_path)
+  images, labels = pipeline.load_split(task, "val200", data_dir=data_dir)
+  extractor = features.Extractor(model, batch_size=24)
+  streamed = extractor.from_batches(pipeline.eval_batches(
+      task, "val200", batch_size=extractor.batch_size, image_size=32, data_dir=data_dir))
+  np.testing.assert_array_equal(streamed["labels"], labels)
+  np.testing.assert_allclose(streamed["features"], extractor(images)["features"],
+                             rtol=1e-6, atol=1e-6)

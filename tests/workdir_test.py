@@ -45,10 +45,15 @@ def test_npz_roundtrip_and_checks(tmp_path):
   # A wrong expected shape, fingerprint or missing key: discarded, not used.
   for kwargs in [dict(fingerprint_="fp", shapes={"features": (None, 4)}),
                  dict(fingerprint_="other", shapes={}),
-                 dict(fingerprint_="fp", shapes={"logits": (None,)})]:
+                 dict(fingerprint_="fp", shapes={"logits": (None,)}),
+                 dict(fingerprint_="fp", shapes={"features": (None, 3)},
+                      dtypes={"features": np.float64})]:
     wd.write_npz(path, fingerprint_="fp", features=feats, labels=np.arange(5))
     assert wd.read_npz(path, **kwargs) is None
     assert not path.exists()
+  wd.write_npz(path, fingerprint_="fp", features=feats, labels=np.arange(5))
+  assert wd.read_npz(path, fingerprint_="fp", shapes={"features": (None, 3)},
+                     dtypes={"features": np.float32, "absent": np.int8}) is not None
 
 
 def test_npz_truncated_or_nonfinite_is_discarded(tmp_path):
