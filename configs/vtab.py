@@ -13,12 +13,15 @@ Variants (`--config=configs/vtab.py:ARG`, combined with commas):
                     (`tasks=cifar100+dtd+clevr_count`).
   pool=NAME         the pools to report: all, expert, imagenet, resnet50, dim2048, or several
                     joined by '+' (default: all five).
-  models=FILE.json  the models: a JSON list of ModelEntry records (`name`, `handle` (a hub URL
-                    or a SavedModel directory), and the metadata the strategies and pools use:
-                    imagenet_accuracy, upstream_size, num_params, feature_dim, expert, ...).
-  zoo=mini          the offline mini zoo instead (32x32 inputs; built into the cache like
+  zoo=NAME          tfhub (default: the paper's 46 TF-Hub models, with public BiT experts
+                    standing in for its JFT experts), tfhub_set_b (the other stand-in set), or
+                    mini (the offline mini zoo: 32x32 inputs, built into the cache like
                     configs/mini.py), to try the VTAB data path without hub models.
-The real TF-Hub zoo of the paper becomes the default once `zoo.entries('tfhub')` lands.
+  only=A+B          only these models of the zoo (`only=resnet_v2_50+vtab_sup_100`).
+  models=FILE.json  your own models instead: a JSON list of ModelEntry records (`name`, `handle`
+                    (a hub URL or a SavedModel directory), and the metadata the strategies and
+                    pools use: imagenet_accuracy, upstream_size, num_params, feature_dim, expert).
+Hub handles are fetched (and cached by tensorflow_hub, see TFHUB_CACHE_DIR) when first loaded.
 """
 
 import json
@@ -34,13 +37,15 @@ def _parse(arg):
   for part in filter(None, (arg or "").split(",")):
     key, _, value = part.partition("=")
     opts[key] = value if value else True
-  valid = {"tasks", "pool", "models", "zoo"}
+  valid = {"tasks", "pool", "models", "zoo", "only"}
   unknown = set(opts) - valid
   if unknown:
     raise ValueError(f"Unknown config argument(s) {sorted(unknown)} for configs/vtab.py; "
                      f"valid arguments: {', '.join(sorted(valid))}")
-  if opts.get("zoo") not in (None, "mini"):
-    raise ValueError(f"Unknown zoo {opts['zoo']!r} for configs/vtab.py; valid zoos: mini")
+  zoos = ("tfhub", "tfhub_set_b", "mini")
+  if opts.get("zoo") not in (None,) + zoos:
+    raise ValueError(f"Unknown zoo {opts['zoo']!r} for configs/vtab.py; valid zoos: "
+                     f"{', '.join(zoos)}")
   return opts
 
 
@@ -72,13 +77,20 @@ def get_config(arg=None):
   config.suite = "vtab"
   config.tasks = tuple(vtab.select_tasks(opts.get("tasks")))
 
-  # Models: the mini zoo, or the models listed in a JSON file (collection 'user').
-  if opts.get("zoo") == "mini":
+  # Models: the paper's TF-Hub zoo, the mini zoo, or a JSON file of your own (collection 'user').
+  only = tuple(opts["only"].split("+")) if opts.get("only") else ()
+  if opts.get("models"):
+    config.collection = "user"
+    config.models = _models(opts["models"])
+  elif opts.get("zoo") == "mini":
     config.collection = "mini"
     config.zoo = mini_zoo.get_zoo_config()
+    if only:
+      config.zoo.models = only
   else:
-    config.collection = "user"
-    config.models = _models(opts["models"]) if opts.get("models") else {}
+    config.collection = opts.get("zoo") or "tfhub"
+    # () means all 46.
+    config.hub_models = only
   # The VTAB reference resizes every image to 224x224 for hub modules; a model entry's own
   # input_size wins.
   config.default_input_size = 224

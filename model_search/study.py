@@ -15,12 +15,15 @@ from model_search.data.task import Task
 from model_search import scores as scores_lib
 from model_search.models import mini_zoo
 from model_search.models import pools
+from model_search.models import zoo
 from model_search.models.zoo import ModelEntry
 
 # Task suites: config.suite -> the module with get_task(name).
 SUITES = {"mini": mini, "vtab": vtab}
-# 'mini': the project's mini zoo (config.zoo); 'user': the models listed in config.models.
-COLLECTIONS = ("mini", "user")
+# 'mini': the project's mini zoo (config.zoo); 'user': the models listed in config.models;
+# 'tfhub' / 'tfhub_set_b': the paper's 46 TF-Hub models (models/zoo.py), optionally only
+# config.hub_models.
+COLLECTIONS = ("mini", "user", "tfhub", "tfhub_set_b")
 
 
 def default_cache_dir() -> epath.Path:
@@ -49,8 +52,10 @@ class Study:
     if self._entries is None:
       if self.config.collection == "mini":
         self._entries = mini_zoo.entries(self.config.zoo, self.cache_dir / "zoo")
-      else:
+      elif self.config.collection == "user":
         self._entries = user_entries(self.config)
+      else:
+        self._entries = hub_entries(self.config)
     return self._entries
 
   def items(self) -> list[tuple[str, str]]:
@@ -74,8 +79,10 @@ def from_config(config, workdir) -> Study:
     raise ValueError("config.tasks is empty; name at least one task.")
   if config.collection == "mini":
     mini_zoo.validate(config.zoo)
-  else:
+  elif config.collection == "user":
     user_entries(config)  # Validates config.models.
+  else:
+    hub_entries(config)  # Validates config.hub_models.
   scores_lib.validate(config.scores.to_dict())
   custom = config.select.custom_pools.to_dict()
   unknown = [p for p in config.select.pools if p not in pools.POOLS and p not in custom]
@@ -111,3 +118,17 @@ def user_entries(config) -> list[ModelEntry]:
     fields.setdefault("input_size", default_size)
     entries.append(ModelEntry.from_json({"name": name, "collection": "user", **fields}))
   return entries
+
+
+def hub_entries(config) -> list[ModelEntry]:
+  """The registry's TF-Hub entries of config.collection, only config.hub_models if given."""
+  entries = zoo.entries(config.collection)
+  wanted = tuple(config.get("hub_models") or ())
+  if not wanted:
+    return entries
+  by_name = {e.name: e for e in entries}
+  unknown = [n for n in wanted if n not in by_name]
+  if unknown:
+    raise ValueError(f"Unknown model(s) {unknown} in config.hub_models; models of collection "
+                     f"{config.collection!r}: {', '.join(sorted(by_name))}")
+  return [by_name[n] for n in wanted]

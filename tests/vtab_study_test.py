@@ -35,7 +35,7 @@ def _vtab_config(arg=None):
 def test_arguments():
   config = _vtab_config()
   assert config.suite == "vtab" and list(config.tasks) == vtab.task_names()
-  assert config.collection == "user" and not config.models
+  assert config.collection == "tfhub" and not config.hub_models
   assert config.finetune.batch_size == 512 and config.finetune.steps == 2500
   assert tuple(config.finetune.learning_rates) == (0.1, 0.01)
   config = _vtab_config("tasks=structured,pool=expert+all")
@@ -43,8 +43,12 @@ def test_arguments():
   assert tuple(config.select.pools) == ("expert", "all")
   assert list(_vtab_config("tasks=dtd+svhn").tasks) == ["dtd", "svhn"]
   assert _vtab_config("zoo=mini").collection == "mini"
+  assert _vtab_config("zoo=mini,only=cnn_small").zoo.models == ("cnn_small",)
+  config = _vtab_config("zoo=tfhub_set_b,only=resnet_v2_50+bit_m_r50x1")
+  assert config.collection == "tfhub_set_b"
+  assert config.hub_models == ("resnet_v2_50", "bit_m_r50x1")
   with pytest.raises(ValueError, match=r"Unknown config argument\(s\) \['pools'\].*valid "
-                     "arguments: models, pool, tasks, zoo"):
+                     "arguments: models, only, pool, tasks, zoo"):
     _vtab_config("pools=all")
   with pytest.raises(ValueError, match="Unknown task 'cifar'"):
     _vtab_config("tasks=cifar")
@@ -63,9 +67,25 @@ def test_models_file(tmp_path):
     _vtab_config(f"models={path}")
 
 
-def test_no_models_is_a_clear_error(tmp_path):
+def test_model_choice_errors(tmp_path):
+  config = _vtab_config("tasks=dtd")
+  with config.unlocked():
+    config.collection = "user"
+    config.models = {}
   with pytest.raises(ValueError, match="config.models is empty"):
-    main.run(_vtab_config("tasks=dtd"), str(tmp_path))
+    main.run(config, str(tmp_path))
+  with pytest.raises(ValueError, match=r"Unknown model\(s\) \['resnet_v9'\] in "
+                     "config.hub_models.*resnet_v2_50"):
+    main.run(_vtab_config("tasks=dtd,only=resnet_v9"), str(tmp_path))
+
+
+def test_tfhub_study_resolves_the_paper_zoo():
+  from model_search import study as study_lib  # pylint: disable=g-import-not-at-top
+  study = study_lib.from_config(_vtab_config("tasks=natural,pool=resnet50"), "/tmp/unused")
+  assert len(study.entries) == 46 and len(study.tasks) == 7
+  study = study_lib.from_config(_vtab_config("only=vtab_sup_100+inception_v3"), "/tmp/unused")
+  assert study.model_names == ["vtab_sup_100", "inception_v3"]
+  assert study.entries[0].signature == "default" and study.entries[0].output_key == "pre_logits"
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +101,7 @@ def test_whole_study_on_mocked_vtab(model_dir, tmp_path):
   images, tiled and scaled) through every stage with a user model at input size 32."""
   config = _vtab_config("tasks=dtd+dsprites_loc,pool=all")
   with config.unlocked():
+    config.collection = "user"
     config.models = {"mixer": {"handle": str(model_dir), "input_size": 32,
                                "imagenet_accuracy": 0.5, "feature_dim": 16}}
     config.cache_dir = str(tmp_path / "cache")
@@ -116,6 +137,7 @@ def test_data_dir_is_passed_through_unchanged():
   from model_search import study as study_lib  # pylint: disable=g-import-not-at-top
   config = _vtab_config("tasks=dsprites_loc")
   with config.unlocked():
+    config.collection = "user"
     config.models = {"m": {"handle": "/x"}}
     config.data_dir = "gs://bucket/tensorflow_datasets"
   study = study_lib.from_config(config, "/tmp/unused")
