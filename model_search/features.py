@@ -160,7 +160,7 @@ def run_stage(study) -> None:
   for m, t, s in tqdm.tqdm(todo, desc="features", unit="split"):
     entry, task = by_name[m], task_by_name[t]
     if current != m:
-      extractor, current = Extractor(hub.load(entry.handle), image_size=entry.input_size,
+      extractor, current = Extractor(hub.load_entry(entry), image_size=entry.input_size,
                                      batch_size=config.features.batch_size), m
     start = time.perf_counter()
     split = cache.get(task, s, study.data_dir)

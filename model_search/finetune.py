@@ -208,7 +208,7 @@ def run_stage(study) -> None:
   for m, t in tqdm.tqdm(todo, desc="finetune", unit="item"):
     entry, task = by_name[m], task_by_name[t]
     if current != m:
-      model = hub.load(entry.handle)
+      model = hub.load_entry(entry)
       tuner, current = Finetuner(model, head_classes=head_classes, momentum=ft.momentum,
                                  steps=ft.steps, decay_at=ft.decay_at,
                                  warmup_steps=ft.warmup_steps,
