@@ -1,14 +1,16 @@
 """Feature-extraction throughput: model_search (tf2jax + jax.jit, sharded) vs TensorFlow.
 
   python benchmarks/features.py [--batch_size=32] [--num_batches=8] [--image_size=224]
+  XLA_FLAGS=--xla_force_host_platform_device_count=$(nproc) python benchmarks/features.py
 
 Builds a ResNet-50 (tf-keras, random weights, global average pooling: 23.6M parameters, 2048-d
 features) as a TF2 SavedModel in a temporary directory, then times, on the same machine, the same
 inputs and the same batch size:
   * TensorFlow: the restored SavedModel's `__call__` (training=False), inside a tf.function;
   * model_search: `hub.load` (tf2jax) and `features.Extractor` (jax.jit over all local devices).
-Each side runs its warm-up (compilation / tracing) first; the timed loops include the transfer of
-each batch to the device and of the features back, as the features stage does. Prints images/s
+Each side runs its warm-up (compilation / tracing) first; both timed loops take the same uint8
+batches, scale them to [0, 1] and return the features as NumPy arrays (on the JAX side: the
+transfer of each batch to the devices and of the features back, as the features stage does). Prints images/s
 for both, the ratio, and on a GPU the fraction of the device's measured matrix-multiply peak
 (ResNet-50 forward at 224: 4.1 GFLOPs per image, 2 * multiply-adds).
 """
@@ -82,12 +84,12 @@ def main(argv):
     num_params = _build(path, size)
 
     loaded = tf.saved_model.load(path)
-    tf_fn = tf.function(lambda x: loaded(x, training=False))
-    scaled = [tf.constant(b.astype(np.float32) / 255.0) for b in batches]
-    tf_fn(scaled[0]).numpy()  # Trace and warm up.
+    # The same work on both sides: uint8 images in, scaled to [0, 1], features out as NumPy.
+    tf_fn = tf.function(lambda x: loaded(tf.cast(x, tf.float32) / 255.0, training=False))
+    tf_fn(batches[0]).numpy()  # Trace and warm up.
 
     def run_tf():
-      for x in scaled:
+      for x in batches:
         tf_fn(x).numpy()
 
     model = hub.load(path)
@@ -99,7 +101,7 @@ def main(argv):
       extractor(images)
 
     # Same outputs first: the comparison is only meaningful for the same function.
-    want = tf_fn(scaled[0]).numpy()
+    want = tf_fn(batches[0]).numpy()
     got = extractor(batches[0])["features"]
     rel = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
 
