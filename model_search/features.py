@@ -10,6 +10,7 @@ wrong shape or non-finite values is discarded and recomputed.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import time
 
 from absl import logging
@@ -41,6 +42,7 @@ class Extractor:
       devices: the devices to shard each batch over (default: all local devices).
     """
     self.image_size = image_size or model.input_size
+    self.in_flight = 2
     devices = np.array(jax.local_devices() if devices is None else list(devices))
     self.mesh = Mesh(devices, ("data",))
     n = len(devices)
@@ -73,21 +75,34 @@ class Extractor:
     out.pop("labels")
     return out
 
+  def _run(self, batch) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """One batch through the model: (features, source probs or None, labels), padding dropped."""
+    x = jax.device_put(batch["image"], self.data_sharding)
+    f, p = self._forward(self.params, x)
+    mask = np.asarray(batch["mask"])
+    return (np.asarray(f)[mask], None if p is None else np.asarray(p)[mask],
+            np.asarray(batch["label"])[mask])
+
   def from_batches(self, batches) -> dict[str, np.ndarray]:
     """Features (and source probabilities) and labels of padded, masked model-input batches
-    ({'image': float32 [B, S, S, 3], 'label', 'mask'}, as pipeline.eval_batches yields them)."""
-    feats, probs, labels = [], [], []
-    for batch in batches:
-      x = jax.device_put(batch["image"], self.data_sharding)
-      f, p = self._forward(self.params, x)
-      mask = np.asarray(batch["mask"])
-      feats.append(np.asarray(f)[mask])
-      labels.append(np.asarray(batch["label"])[mask])
-      if p is not None:
-        probs.append(np.asarray(p)[mask])
+    ({'image': float32 [B, S, S, 3], 'label', 'mask'}, as pipeline.eval_batches yields them).
+
+    Two batches are in flight at once, from two threads: on XLA:CPU one large convolution
+    keeps only about one core busy, and the second batch fills the others (1.15x on 2 cores,
+    benchmarks/RESULTS.md); on accelerators it overlaps transfers with compute. Results keep
+    the input order.
+    """
+    results, pending = [], collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(self.in_flight) as pool:
+      for batch in batches:
+        pending.append(pool.submit(self._run, batch))
+        if len(pending) >= self.in_flight:
+          results.append(pending.popleft().result())
+      results.extend(f.result() for f in pending)
+    feats, probs, labels = zip(*results) if results else ((), (), ())
     out = {"features": np.concatenate(feats).astype(np.float32),
            "labels": np.concatenate(labels).astype(np.int32)}
-    if probs:
+    if probs and probs[0] is not None:
       out["source_probs"] = np.concatenate(probs).astype(np.float32)
     return out
 
