@@ -207,3 +207,33 @@ def test_unknown_config_key_and_argument_are_errors(tmp_path):
   assert out.returncode != 0 and "stepz" in out.stderr
   with pytest.raises(ValueError, match="valid arguments: models, smoke, tasks"):
     _config(tmp_path, "smok")
+
+
+def test_a_score_from_outside_the_package_through_the_config_alone(smoke_run, tmp_path,
+                                                                     monkeypatch):
+  """A new score is a file plus a config line: no edit inside model_search."""
+  config, reference = smoke_run
+  lab = tmp_path / "lab"
+  (lab / "my_lab").mkdir(parents=True)
+  (lab / "my_lab" / "__init__.py").write_text("")
+  (lab / "my_lab" / "centroid.py").write_text(
+      '"""Nearest-centroid validation accuracy."""\n'
+      "import numpy as np\n\n\n"
+      "def score(inputs):\n"
+      "  x, y = inputs.train_features, inputs.train_labels\n"
+      "  c = np.stack([x[y == k].mean(0) for k in np.unique(y)])\n"
+      "  d = ((inputs.val_features[:, None] - c[None]) ** 2).sum(-1)\n"
+      "  return {'score': float(np.mean(np.unique(y)[d.argmin(1)] == inputs.val_labels))}\n")
+  monkeypatch.syspath_prepend(str(lab))
+  workdir = tmp_path / "work"
+  shutil.copytree(reference, workdir)
+  config = config.copy_and_resolve_references()  # The fixture's config stays as it is.
+  with config.unlocked():
+    config.scores.centroid = {"type": "my_lab.centroid"}
+    config.stages = ("scores", "select", "report")
+  main.run(config, str(workdir))
+  for path in (workdir / "scores").rglob("*.json"):
+    values = json.loads(path.read_text())["scores"]
+    assert 0.0 <= values["centroid"]["score"] <= 1.0 and "linear" in values
+  table = pd.read_csv(workdir / "select" / "table.csv")
+  assert "task_aware/centroid" in set(table["strategy"])
