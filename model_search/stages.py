@@ -10,7 +10,6 @@ from typing import Callable
 
 from absl import logging
 import jax
-import numpy as np
 import tqdm
 
 from model_search import features
@@ -19,6 +18,8 @@ from model_search import regret
 from model_search import report
 from model_search import scores as scores_lib
 from model_search import workdir as wd
+from model_search.data import pipeline
+from model_search.models import hub
 from model_search.models import mini_zoo
 from model_search.models import pools
 from model_search.scores.common import ScoreInputs
@@ -48,12 +49,35 @@ def load_scores(study, entry, task):
                       fingerprint_=_score_fingerprint(study, entry, task), required=("scores",))
 
 
+def _model_inputs(study, entry, task, needed, loaded) -> dict:
+  """apply_fn, params and images for scores that need the model (`REQUIRES`)."""
+  if not needed & {"apply_fn", "params", "train_images", "val_images"}:
+    return {}
+  if loaded.get("name") != entry.name:
+    loaded.clear()
+    loaded.update(name=entry.name, model=hub.load_entry(entry))
+  model = loaded["model"]
+  size = entry.input_size or model.input_size
+  out = {"apply_fn": model.apply, "params": model.params}
+  for split, field in (("train800", "train_images"), ("val200", "val_images")):
+    if field in needed:
+      if size is None and task.image_size is None:
+        raise ValueError(f"Model {entry.name!r} declares no input size and task "
+                         f"{task.name!r} has images of many sizes; set input_size.")
+      out[field], _ = pipeline.load_resized(task, split, image_size=size or task.image_size,
+                                            value_range=model.value_range,
+                                            data_dir=study.data_dir)
+  return out
+
+
 def scores(study) -> None:
-  """Computes the configured task-aware scores on cached train800/val200 features."""
+  """Computes the configured task-aware scores on cached train800/val200 features (and, for
+  scores that ask for it, the model and its images)."""
   by_name = {e.name: e for e in study.entries}
   task_by_name = {t.name: t for t in study.tasks}
   score_configs = study.config.scores.to_dict()
-  scores_lib.validate(score_configs)
+  needed = scores_lib.required_fields(score_configs)
+  loaded = {}
   for m, t in tqdm.tqdm(study.items(), desc="scores", unit="item"):
     entry, task = by_name[m], task_by_name[t]
     if load_scores(study, entry, task) is not None:
@@ -67,7 +91,7 @@ def scores(study) -> None:
         train_features=train["features"], train_labels=train["labels"],
         val_features=val["features"], val_labels=val["labels"], num_classes=task.num_classes,
         source_probs=train.get("source_probs"), val_source_probs=val.get("source_probs"),
-        model_name=m, task_name=t)
+        model_name=m, task_name=t, **_model_inputs(study, entry, task, needed, loaded))
     values = scores_lib.compute(score_configs, inputs)
     wd.write_json(wd.scores_path(study.workdir, m, t),
                   {"model": m, "task": t, "scores": values,

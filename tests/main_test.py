@@ -237,3 +237,32 @@ def test_a_score_from_outside_the_package_through_the_config_alone(smoke_run, tm
     assert 0.0 <= values["centroid"]["score"] <= 1.0 and "linear" in values
   table = pd.read_csv(workdir / "select" / "table.csv")
   assert "task_aware/centroid" in set(table["strategy"])
+
+
+def test_scores_that_require_the_model_get_it_and_its_images(smoke_run, tmp_path, monkeypatch):
+  """A score with REQUIRES gets apply_fn, params and the train800 images: applying the model
+  to those images gives back the cached features."""
+  config, reference = smoke_run
+  lab = tmp_path / "lab"
+  (lab / "my_lab2").mkdir(parents=True)
+  (lab / "my_lab2" / "__init__.py").write_text("")
+  (lab / "my_lab2" / "refeature.py").write_text(
+      "import numpy as np\n"
+      "REQUIRES = ('apply_fn', 'params', 'train_images')\n\n\n"
+      "def score(inputs):\n"
+      "  f = np.asarray(inputs.apply_fn(inputs.params, inputs.train_images))\n"
+      "  err = np.abs(f - inputs.train_features).max() / np.abs(inputs.train_features).max()\n"
+      "  return {'score': -float(err), 'n': float(len(inputs.train_images))}\n")
+  monkeypatch.syspath_prepend(str(lab))
+  workdir = tmp_path / "work"
+  shutil.copytree(reference, workdir)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.scores = {"refeature": {"type": "my_lab2.refeature"}}
+    config.stages = ("scores",)
+  main.run(config, str(workdir))
+  paths = list((workdir / "scores").rglob("*.json"))
+  assert len(paths) == len(config.tasks) * len(config.zoo.models)
+  for path in paths:
+    values = json.loads(path.read_text())["scores"]["refeature"]
+    assert values["n"] == 800 and values["score"] > -1e-5

@@ -8,6 +8,10 @@ Configs name scores by module, with options as keyword arguments:
   config.scores = {'linear': {}, 'knn': {'k': 1},
                    'knn_cos': {'type': 'knn', 'metric': 'cosine'}}
 
+A score that needs more than features (the model and its images, for gradient scores such as
+LGC) says so with a module constant `REQUIRES = ('apply_fn', 'params', 'train_images')`; the
+scores stage then loads the model and the images for it, and only then.
+
 Adding a score is adding a file; there is no table to edit. A score outside the
 package is named by its dotted module path ('my_lab.scores.fancy'), which must
 be importable (on sys.path).
@@ -25,7 +29,7 @@ from typing import Any, Mapping
 from model_search.scores.common import check_result
 from model_search.scores.common import ScoreInputs
 
-__all__ = ["ScoreInputs", "available", "compute", "get"]
+__all__ = ["ScoreInputs", "available", "compute", "get", "required_fields"]
 
 # Modules in this package that are not scores.
 _NOT_SCORES = frozenset({"common"})
@@ -189,3 +193,18 @@ def compute(score_configs: Mapping[str, Any],
       raise
     results[name] = check_result(raw, score=name, inputs=inputs)
   return results
+
+
+def required_fields(score_configs: Mapping[str, Any]) -> set[str]:
+  """The optional ScoreInputs fields (common.OPTIONAL_FIELDS) the configured scores need,
+  from each module's `REQUIRES` constant."""
+  from model_search.scores import common  # pylint: disable=g-import-not-at-top
+  needed = set()
+  for name, type_name, module, _ in validate(score_configs):
+    fields = tuple(getattr(module, "REQUIRES", ()))
+    unknown = [f for f in fields if f not in common.OPTIONAL_FIELDS]
+    if unknown:
+      raise ValueError(f"Score {name!r} (type {type_name!r}) REQUIRES unknown field(s) "
+                       f"{unknown}; valid fields: {', '.join(common.OPTIONAL_FIELDS)}")
+    needed.update(fields)
+  return needed
