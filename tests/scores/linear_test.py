@@ -194,3 +194,27 @@ def test_score_plugin():
     linear.score(inputs, method="ridge", steps=10)
   with pytest.raises(ValueError, match="'ridge' only"):
     linear.score(inputs, l2_regs=[1.0])
+
+
+@pytest.mark.parametrize("weight_decay,momentum", [(0.0, 0.9), (1e-2, 0.9), (0.0, 0.0)])
+def test_kernel_form_has_the_same_iterates(weight_decay, momentum):
+  """W = X^T A: the kernel form trains the same classifiers as SGD on W (Renggli's runs)."""
+  rng = np.random.default_rng(3)
+  n, d, c = 120, 200, 5
+  x = rng.standard_normal((n, d)).astype(np.float32)
+  y = rng.integers(0, c, n)
+  x[:, :4] += y[:, None]
+  xv = rng.standard_normal((40, d)).astype(np.float32)
+  yv = rng.integers(0, c, 40)
+  kwargs = dict(num_classes=c, steps=60, batch_size=32, seeds=(0, 1), momentum=momentum,
+                weight_decay=weight_decay)
+  primal = linear.fit_sgd(x, y, xv, yv, form="primal", **kwargs)
+  kernel = linear.fit_sgd(x, y, xv, yv, form="kernel", **kwargs)
+  scale = np.abs(np.asarray(primal.weights)).max()
+  np.testing.assert_allclose(kernel.weights, primal.weights, atol=1e-5 * scale)
+  np.testing.assert_allclose(kernel.biases, primal.biases, atol=1e-5)
+  np.testing.assert_array_equal(kernel.val_accuracy, primal.val_accuracy)
+  auto = linear.fit_sgd(x, y, xv, yv, **kwargs)  # N <= D: the kernel form.
+  np.testing.assert_array_equal(auto.weights, kernel.weights)
+  with pytest.raises(ValueError, match="Unknown form 'dual'; valid forms: auto, primal"):
+    linear.fit_sgd(x, y, xv, yv, form="dual", **kwargs)
