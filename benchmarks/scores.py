@@ -19,7 +19,6 @@ sizes), float32, fixed seed. Each row times our score (compiled and warmed up fi
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import sys
@@ -31,7 +30,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -113,38 +111,32 @@ def _peers() -> dict[str, tuple[str, Callable[..., float]]]:
                  lambda x, y, xv, yv, c, p: linear_loop(x, y, xv, yv, c)),
       "knn": ("scikit-learn brute force", lambda x, y, xv, yv, c, p: knn_sklearn(x, y, xv, yv)),
   }
-  # Scores whose tests hold a NumPy reference `reference(...)`-style function named
-  # `numpy_<score>` taking (features, labels[, probs]); see tests/scores/*_test.py.
-  for name, args in _NUMPY_REFERENCES.items():
-    try:
-      module = importlib.import_module(f"{name}_test")
-    except ImportError:
-      continue
-    fn = getattr(module, f"numpy_{name}", None)
-    if fn is not None:
-      peers[name] = ("NumPy float64 reference of the published algorithm",
-                     functools.partial(_call_reference, fn, args))
+  def ref(module, fn, make_args, desc="NumPy float64 reference of the published algorithm"):
+    def run(x, y, xv, yv, c, p):
+      f = getattr(importlib.import_module(module), fn)
+      out = f(*make_args(x.astype(np.float64), y, p))
+      return float(out[0] if isinstance(out, tuple) else out)  # LogME's returns diagnostics.
+    return desc, run
+
+  peers.update({
+      "logme": ref("logme_test", "_numpy_logme", lambda x, y, p: (x, y)),
+      "hscore": ref("hscore_test", "_numpy_hscore", lambda x, y, p: (x, y)),
+      "regularized_hscore": ref("hscore_test", "_numpy_regularized_hscore",
+                                lambda x, y, p: (x, y)),
+      "leep": ref("leep_test", "_numpy_leep", lambda x, y, p: (p.astype(np.float64), y)),
+      "nce": ref("nce_test", "_numpy_nce", lambda x, y, p: (np.argmax(p, axis=1), y)),
+      "transrate": ref("transrate_test", "_numpy_transrate", lambda x, y, p: (x, y)),
+      "gbc": ref("gbc_test", "_numpy_gbc", lambda x, y, p: (x, y, 64)),
+      "lfc": ref("lfc_test", "_numpy_lfc", lambda x, y, p: (x, y)),
+      "msc": ("scikit-learn silhouette_score",
+              lambda x, y, xv, yv, c, p: _silhouette(x, y)),
+  })
   return peers
 
 
-def _call_reference(fn, args, x, y, xv, yv, c, probs):
-  values = {"features": x.astype(np.float64), "labels": y, "source_probs": probs,
-            "num_classes": c}
-  return float(fn(*(values[a] for a in args)))
-
-
-# Reference functions the score tests define (name -> its positional arguments).
-_NUMPY_REFERENCES = {
-    "logme": ("features", "labels"),
-    "hscore": ("features", "labels"),
-    "regularized_hscore": ("features", "labels"),
-    "leep": ("source_probs", "labels"),
-    "nce": ("source_probs", "labels"),
-    "transrate": ("features", "labels"),
-    "gbc": ("features", "labels"),
-    "msc": ("features", "labels"),
-    "lfc": ("features", "labels"),
-}
+def _silhouette(x, y):
+  from sklearn import metrics  # pylint: disable=g-import-not-at-top
+  return metrics.silhouette_score(x, y)
 
 
 def main(argv):
@@ -152,7 +144,7 @@ def main(argv):
   peers = _peers()
   names = _SCORES.value or list(peers)
   print(f"n = {_N.value}, d = {_D.value}; JAX devices: {jax.devices()}")
-  print(f"| score | C | ours (s) | peer (s) | speed-up | ours value | peer value | peer |")
+  print("| score | C | ours (s) | peer (s) | speed-up | ours value | peer value | peer |")
   print("|---|---|---|---|---|---|---|---|")
   for name in names:
     if name not in peers:
