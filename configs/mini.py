@@ -67,6 +67,11 @@ def get_config(arg=None):
   config.scores = ml_collections.ConfigDict()
   config.scores.linear = {"steps": 100 if smoke else 500, "batch_size": 256}
   config.scores.knn = {"k": 1}
+  if not smoke:
+    # The feature-based scores of the literature (LEEP and NCE read the source head; the plain
+    # H-score is left out: with n <= d it returns C-1 for any features).
+    for name in ("logme", "regularized_hscore", "leep", "nce", "transrate", "gbc", "lfc"):
+      config.scores[name] = {}
 
   # Ground truth: the whole network plus a new zero-initialised linear head, SGD with momentum,
   # each learning rate trained on train800 and picked on val200; the test accuracy of the pick.

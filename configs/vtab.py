@@ -100,8 +100,13 @@ def get_config(arg=None):
   config.features.splits = ("train800", "val200")
 
   config.scores = ml_collections.ConfigDict()
-  config.scores.linear = {"steps": 500, "batch_size": 256}
+  config.scores.linear = {"steps": 2500, "batch_size": 512}  # The paper's protocol.
   config.scores.knn = {"k": 1}
+  # The feature-based scores of the literature. Left out by default: `hscore` (with n = 1000 <=
+  # d it returns C-1 for any features), `nleep` (a 5C-component GMM: minutes per item), and
+  # the gradient score `lgc` (loads the model and its images; add {'select': REGEX}).
+  for name in ("logme", "regularized_hscore", "leep", "nce", "transrate", "gbc", "lfc", "msc"):
+    config.scores[name] = {}
 
   # Ground truth, the VTAB-1k protocol of the paper: the whole network plus a zero-initialised
   # linear head, SGD with momentum 0.9, batch 512, 2500 steps, decay x0.1 at 30/60/90 %; each
