@@ -7,6 +7,8 @@ import math
 import numbers
 from typing import Any, Callable, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Fields a score may need that are optional in ScoreInputs.
@@ -218,3 +220,56 @@ def check_result(result: Any, *, score: str,
       raise ValueError(f"{where}: result {key!r} is not finite ({value})")
     out[key] = value
   return out
+
+
+def check_features_labels(features, labels, *, num_classes: int | None = None,
+                          score: str):
+  """Validates the features and labels a feature-based score's math function takes.
+
+  Args:
+    features: [N, D] numeric array.
+    labels: [N] int array with values in 0..num_classes-1.
+    num_classes: C; None means max(labels) + 1.
+    score: the score's name, for messages.
+
+  Returns:
+    (features as a float32 jax array, labels as an int32 jax array, C).
+
+  Raises:
+    ValueError: naming the problem, for bad shapes or dtypes, labels outside
+      0..C-1, fewer than 2 classes present, or non-finite features.
+  """
+  x = features if isinstance(features, jax.Array) else np.asarray(features)
+  if x.ndim != 2 or 0 in x.shape:
+    raise ValueError(f"{score}: features must be a non-empty [N, D] array, got "
+                     f"shape {x.shape}")
+  if not (jnp.issubdtype(x.dtype, jnp.floating) or
+          jnp.issubdtype(x.dtype, jnp.integer)):
+    raise ValueError(f"{score}: features must be numeric, got dtype {x.dtype}")
+  y = np.asarray(labels)
+  if y.ndim != 1 or y.shape[0] != x.shape[0]:
+    raise ValueError(f"{score}: labels must be [N] with N = {x.shape[0]} (the "
+                     f"rows of features), got shape {y.shape}")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"{score}: labels must be integers, got dtype {y.dtype}")
+  if y.min() < 0:
+    raise ValueError(f"{score}: labels must be >= 0, got "
+                     f"{sorted(set(y[y < 0].tolist()))[:10]}")
+  if num_classes is None:
+    num_classes = int(y.max()) + 1
+  elif isinstance(num_classes, bool) or not isinstance(num_classes, int):
+    raise ValueError(f"{score}: num_classes must be an int or None, got "
+                     f"{num_classes!r}")
+  elif y.max() >= num_classes:
+    raise ValueError(f"{score}: labels contain "
+                     f"{sorted(set(y[y >= num_classes].tolist()))[:10]} outside "
+                     f"0..{num_classes - 1} (num_classes={num_classes})")
+  present = np.flatnonzero(np.bincount(y, minlength=num_classes))
+  if present.size < 2:
+    raise ValueError(f"{score}: labels contain only class(es) "
+                     f"{present.tolist()}; at least 2 classes must be present")
+  x = jnp.asarray(x, jnp.float32)
+  if not bool(jnp.all(jnp.isfinite(x))):
+    raise ValueError(f"{score}: features contain NaN or inf (after conversion "
+                     "to float32)")
+  return x, jnp.asarray(y, jnp.int32), num_classes

@@ -70,44 +70,13 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 def _check_inputs(features, labels, num_classes):
   """Validates the inputs; returns (features, labels, num_classes)."""
-  x = np.asarray(features) if not isinstance(features, jax.Array) else features
-  if x.ndim != 2 or 0 in x.shape:
-    raise ValueError(f"features must be a non-empty [N, D] array, got shape "
-                     f"{x.shape}")
-  if not (jnp.issubdtype(x.dtype, jnp.floating) or
-          jnp.issubdtype(x.dtype, jnp.integer)):
-    raise ValueError(f"features must be numeric, got dtype {x.dtype}")
-  y = np.asarray(labels)
-  if y.ndim != 1 or y.shape[0] != x.shape[0]:
-    raise ValueError(f"labels must be [N] with N = {x.shape[0]} (the rows of "
-                     f"features), got shape {y.shape}")
-  if not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-  if y.min() < 0:
-    raise ValueError(f"labels must be >= 0, got "
-                     f"{sorted(set(y[y < 0].tolist()))[:10]}")
-  if num_classes is None:
-    num_classes = int(y.max()) + 1
-  elif isinstance(num_classes, bool) or not isinstance(num_classes, int):
-    raise ValueError(f"num_classes must be an int or None, got {num_classes!r}")
-  elif y.max() >= num_classes:
-    raise ValueError(f"labels contain "
-                     f"{sorted(set(y[y >= num_classes].tolist()))[:10]} "
-                     f"outside 0..{num_classes - 1} (num_classes={num_classes})")
-  counts = np.bincount(y, minlength=num_classes)
-  if np.count_nonzero(counts) < 2:
-    raise ValueError(f"labels contain only class(es) "
-                     f"{np.flatnonzero(counts).tolist()}; LogME needs at least "
-                     "2 classes present")
-  x = jnp.asarray(x, jnp.float32)
-  if not bool(jnp.all(jnp.isfinite(x))):
-    raise ValueError("features contain NaN or inf (after conversion to "
-                     "float32)")
+  x, y, num_classes = common.check_features_labels(features, labels, num_classes=num_classes,
+                                                   score="LogME")
   if not bool(jnp.any(x != 0)):
-    raise ValueError("features are all zero; LogME needs at least one nonzero "
-                     "feature (the evidence of a model with no inputs has "
-                     "alpha = 0 and is -inf)")
-  return x, jnp.asarray(y, jnp.int32), num_classes
+    raise ValueError("LogME: features are all zero; LogME needs at least one nonzero "
+                     "feature (the evidence of a model with no inputs has alpha = 0 and is "
+                     "-inf)")
+  return x, y, num_classes
 
 
 @functools.partial(jax.jit,
