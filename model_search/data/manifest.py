@@ -19,7 +19,6 @@ from absl import flags
 from etils import epath
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 import tqdm
 
 from model_search import workdir as wd

@@ -40,6 +40,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from model_search.data import mini_draw as draw
+from model_search.data import mini_objects as obj
+from model_search.data import mini_textures as tex
 from model_search.data import task as task_lib
 
 IMAGE_SIZE = 32
@@ -108,26 +110,26 @@ def _broad():
 
   def scenes(rng, labels, split):
     del split
-    return draw.count_flat(rng, 3 * labels + rng.integers(1, 4, len(labels)))
+    return obj.count_flat(rng, 3 * labels + rng.integers(1, 4, len(labels)))
 
   def sprites_render(rng, labels, split):
     del split
     n = len(labels)
-    return draw.sprites_colored(rng, np.asarray(sprites)[labels],
-                            draw.uniform(rng, draw.SPRITE_LO, draw.SPRITE_HI, n),
+    return obj.sprites_colored(rng, np.asarray(sprites)[labels],
+                            draw.uniform(rng, obj.SPRITE_LO, obj.SPRITE_HI, n),
                             draw.uniform(rng, 0, 2 * np.pi, n))
 
   return _mixture(
       (digits,
-       lambda rng, labels, split: draw.digits_paper(rng, labels, "upstream")),
-      (tuple(f"shape_{s}" for s in shapes), _named(shapes, draw.shapes_plain)),
+       lambda rng, labels, split: obj.digits_paper(rng, labels, "upstream")),
+      (tuple(f"shape_{s}" for s in shapes), _named(shapes, obj.shapes_plain)),
       (tuple(f"texture_{t}" for t in textures),
-       _named(textures, draw.textures_tonal)),
-      (tuple(f"blobs_{b}" for b in blobs), _named(blobs, draw.render_fluorescent)),
+       _named(textures, tex.textures_tonal)),
+      (tuple(f"blobs_{b}" for b in blobs), _named(blobs, tex.render_fluorescent)),
       (tuple(f"sprite_{s}" for s in sprites), sprites_render),
       (("scene_1_3_objects", "scene_4_6_objects", "scene_7_9_objects"), scenes),
       (tuple(f"aerial_{a}" for a in land),
-       _named(land, functools.partial(draw.aerial, false_color=True))),
+       _named(land, functools.partial(tex.aerial, false_color=True))),
   )
 
 
@@ -137,51 +139,51 @@ def _datasets():
   return {
       "mini_digits": _Dataset(
           tuple(str(d) for d in range(10)),
-          lambda rng, labels, split: draw.digits_natural(rng, labels, split),
+          lambda rng, labels, split: obj.digits_natural(rng, labels, split),
           _DOWNSTREAM_SIZES,
           "House-number-like digits (SVHN analogue): scikit-learn's 8x8 "
           "digits warped to a random size and position, recoloured, with "
           "neighbouring distractor digits and noise."),
       "mini_shapes": _Dataset(
-          _MINI_SHAPES, _named(_MINI_SHAPES, draw.shapes_clutter),
+          _MINI_SHAPES, _named(_MINI_SHAPES, obj.shapes_clutter),
           _DOWNSTREAM_SIZES,
           "One bright object shape, randomly rotated and scaled, on a dim "
           "cluttered background."),
       "mini_textures": _Dataset(
           _MINI_TEXTURES,
-          lambda rng, labels, split: draw.textures_dtd(rng, labels, _MINI_TEXTURES),
+          lambda rng, labels, split: tex.textures_dtd(rng, labels, _MINI_TEXTURES),
           _DOWNSTREAM_SIZES,
           "Procedural textures (DTD analogue); each class leans towards its "
           "own hue, as natural texture categories do."),
       "mini_cells": _Dataset(
-          ("normal", "tumor"), lambda rng, labels, split: draw.render_cells(rng, labels),
+          ("normal", "tumor"), lambda rng, labels, split: tex.render_cells(rng, labels),
           _DOWNSTREAM_SIZES,
           "H&E-like tissue patches (PCam analogue): label 1 iff a large, dark, "
           "irregular nucleus lies in the central 12x12 region."),
       "mini_landuse": _Dataset(
-          tuple(draw.LAND), _named(tuple(draw.LAND), draw.aerial), _DOWNSTREAM_SIZES,
+          tuple(tex.LAND), _named(tuple(tex.LAND), tex.aerial), _DOWNSTREAM_SIZES,
           "Aerial land-use tiles (EuroSAT analogue)."),
       "mini_count": _Dataset(
           tuple(f"count_{c}" for c in range(3, 11)),
-          lambda rng, labels, split: draw.count_clevr(rng, labels),
+          lambda rng, labels, split: obj.count_clevr(rng, labels),
           _DOWNSTREAM_SIZES,
           "Shaded objects on a floor (CLEVR-count analogue): label = number "
           "of objects - 3 (3..10 objects)."),
       "mini_largest": _Dataset(
-          bins("size", draw.LARGEST_BINS),
-          lambda rng, labels, split: draw.largest_clevr(rng, labels),
+          bins("size", obj.LARGEST_BINS),
+          lambda rng, labels, split: obj.largest_clevr(rng, labels),
           _DOWNSTREAM_SIZES,
           "Shaded objects on a floor (CLEVR-dist analogue): label = radius "
           "bin of the largest, front-most object ([2.5, 8.5) px in 1 px "
           "bins)."),
       "mini_sprite_x": _Dataset(
-          bins("x", draw.SPRITE_BINS),
-          lambda rng, labels, split: draw.sprite_x(rng, labels), _DOWNSTREAM_SIZES,
+          bins("x", obj.SPRITE_BINS),
+          lambda rng, labels, split: obj.sprite_x(rng, labels), _DOWNSTREAM_SIZES,
           "White square / ellipse / heart sprites on black (dSprites "
           "analogue): label = x-position bin."),
       "mini_sprite_ori": _Dataset(
-          bins("angle", draw.SPRITE_BINS),
-          lambda rng, labels, split: draw.sprite_ori(rng, labels),
+          bins("angle", obj.SPRITE_BINS),
+          lambda rng, labels, split: obj.sprite_ori(rng, labels),
           _DOWNSTREAM_SIZES,
           "White heart sprites on black (dSprites analogue): label = "
           "orientation bin of 45 degrees over [0, 360)."),
@@ -192,30 +194,30 @@ def _datasets():
           "sprites, scenes by number of objects, false-colour aerial tiles)."),
       "up_digits": _Dataset(
           tuple(str(d) for d in range(10)),
-          lambda rng, labels, split: draw.digits_paper(rng, labels, "upstream"),
+          lambda rng, labels, split: obj.digits_paper(rng, labels, "upstream"),
           _EXPERT_SIZES,
           "Digits as ink on paper or chalk on a board, from the upstream part "
           "of the base digits."),
       "up_shapes": _Dataset(
-          _UP_SHAPES, _named(_UP_SHAPES, draw.shapes_plain), _EXPERT_SIZES,
+          _UP_SHAPES, _named(_UP_SHAPES, obj.shapes_plain), _EXPERT_SIZES,
           "Pastel or dark shapes (other kinds than mini_shapes) on plain "
           "gradients."),
       "up_textures": _Dataset(
-          _UP_TEXTURES, _named(_UP_TEXTURES, draw.textures_tonal), _EXPERT_SIZES,
+          _UP_TEXTURES, _named(_UP_TEXTURES, tex.textures_tonal), _EXPERT_SIZES,
           "Tonal procedural textures of other families than mini_textures."),
       "up_blobs": _Dataset(
-          tuple(draw.BLOB_CLASSES), _named(tuple(draw.BLOB_CLASSES), draw.render_fluorescent),
+          tuple(tex.BLOB_CLASSES), _named(tuple(tex.BLOB_CLASSES), tex.render_fluorescent),
           _EXPERT_SIZES,
           "Fluorescence-like blobs on black: label = blob morphology."),
       "up_count": _Dataset(
           tuple(f"count_{c}" for c in _UP_COUNTS),
-          lambda rng, labels, split: draw.count_flat(rng, labels + 1),
+          lambda rng, labels, split: obj.count_flat(rng, labels + 1),
           _EXPERT_SIZES,
           "Flat neon shapes on a dark background: label = number of objects "
           "- 1 (1..8 objects)."),
       "up_sprites": _Dataset(
           tuple(f"y{y}_quadrant{q}" for y in range(4) for q in range(4)),
-          lambda rng, labels, split: draw.up_sprites(rng, labels), _EXPERT_SIZES,
+          lambda rng, labels, split: obj.up_sprites(rng, labels), _EXPERT_SIZES,
           "Coloured arrow / L sprites on dark backgrounds: label = y-position "
           "bin (4) x orientation quadrant (4)."),
   }

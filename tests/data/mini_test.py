@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 import threadpoolctl
 
 from model_search.data import mini
-from model_search.data import mini_draw
+from model_search.data import mini_objects
 from model_search.data import task as task_lib
 
 DOWNSTREAM = ("mini_digits", "mini_shapes", "mini_textures", "mini_cells",
@@ -152,7 +152,7 @@ def test_splits_and_tasks_do_not_share_images():
 
 def test_digits_partition_is_disjoint_stratified_and_used():
   # pylint: disable=protected-access
-  parts = mini_draw.digits_partition()
+  parts = mini_objects.digits_partition()
   assert set(parts) == {"train", "validation", "test", "upstream"}
   everything = np.concatenate(list(parts.values()))
   assert len(everything) == 1797 == len(np.unique(everything))
@@ -165,7 +165,7 @@ def test_digits_partition_is_disjoint_stratified_and_used():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 10, 500)
   for part in ("test", "upstream"):
-    drawn = mini_draw._sample_digits(rng, labels, part)
+    drawn = mini_objects._sample_digits(rng, labels, part)
     idx = np.array([rows[d.tobytes()] for d in drawn])
     assert np.isin(idx, parts[part]).all()
     np.testing.assert_array_equal(targets[idx], labels)
