@@ -137,11 +137,12 @@ class _SplitCache:
 
 
 def _num_examples(task, split: str, data_dir) -> int | None:
-  """The split's size from the prepared dataset's metadata; None where there is none (mocks)."""
-  builder = pipeline.builder(task, data_dir)
-  if not builder.info.splits:
+  """The split's size from the prepared dataset's metadata; None where there is none (a mocked
+  builder; a dataset that is missing fails when it is streamed, with how to prepare it)."""
+  try:
+    return pipeline.num_examples(task, split, data_dir=data_dir)
+  except FileNotFoundError:
     return None
-  return int(builder.info.splits[task.split(split)].num_examples)
 
 
 def feature_fingerprint(entry, task, split: str) -> str:

@@ -1,7 +1,6 @@
 """End-to-end tests of `main`: the smoke config, resuming after a kill, corrupt files, bad input."""
 
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -209,25 +208,36 @@ def test_unknown_config_key_and_argument_are_errors(tmp_path):
     _config(tmp_path, "smok")
 
 
+def _write_lab_module(tmp_path, monkeypatch, package, module, source):
+  """Writes tmp_path/lab/PACKAGE/MODULE.py and puts the lab on sys.path."""
+  lab = tmp_path / "lab"
+  (lab / package).mkdir(parents=True)
+  (lab / package / "__init__.py").write_text("")
+  (lab / package / f"{module}.py").write_text(source)
+  monkeypatch.syspath_prepend(str(lab))
+
+
+def _copy_of_smoke_run(reference, config, tmp_path):
+  """A copy of the smoke run's workdir and of its config, to change without touching them."""
+  workdir = tmp_path / "work"
+  shutil.copytree(reference, workdir)
+  return workdir, config.copy_and_resolve_references()
+
+
 def test_a_score_from_outside_the_package_through_the_config_alone(smoke_run, tmp_path,
                                                                      monkeypatch):
   """A new score is a file plus a config line: no edit inside model_search."""
   config, reference = smoke_run
-  lab = tmp_path / "lab"
-  (lab / "my_lab").mkdir(parents=True)
-  (lab / "my_lab" / "__init__.py").write_text("")
-  (lab / "my_lab" / "centroid.py").write_text(
-      '"""Nearest-centroid validation accuracy."""\n'
-      "import numpy as np\n\n\n"
-      "def score(inputs):\n"
-      "  x, y = inputs.train_features, inputs.train_labels\n"
-      "  c = np.stack([x[y == k].mean(0) for k in np.unique(y)])\n"
-      "  d = ((inputs.val_features[:, None] - c[None]) ** 2).sum(-1)\n"
-      "  return {'score': float(np.mean(np.unique(y)[d.argmin(1)] == inputs.val_labels))}\n")
-  monkeypatch.syspath_prepend(str(lab))
-  workdir = tmp_path / "work"
-  shutil.copytree(reference, workdir)
-  config = config.copy_and_resolve_references()  # The fixture's config stays as it is.
+  _write_lab_module(tmp_path, monkeypatch, "my_lab", "centroid",
+                    '"""Nearest-centroid validation accuracy."""\n'
+                    "import numpy as np\n\n\n"
+                    "def score(inputs):\n"
+                    "  x, y = inputs.train_features, inputs.train_labels\n"
+                    "  c = np.stack([x[y == k].mean(0) for k in np.unique(y)])\n"
+                    "  d = ((inputs.val_features[:, None] - c[None]) ** 2).sum(-1)\n"
+                    "  return {'score': float(np.mean(np.unique(y)[d.argmin(1)] == "
+                    "inputs.val_labels))}\n")
+  workdir, config = _copy_of_smoke_run(reference, config, tmp_path)
   with config.unlocked():
     config.scores.centroid = {"type": "my_lab.centroid"}
     config.stages = ("scores", "select", "report")
@@ -243,20 +253,15 @@ def test_scores_that_require_the_model_get_it_and_its_images(smoke_run, tmp_path
   """A score with REQUIRES gets apply_fn, params and the train800 images: applying the model
   to those images gives back the cached features."""
   config, reference = smoke_run
-  lab = tmp_path / "lab"
-  (lab / "my_lab2").mkdir(parents=True)
-  (lab / "my_lab2" / "__init__.py").write_text("")
-  (lab / "my_lab2" / "refeature.py").write_text(
-      "import numpy as np\n"
-      "REQUIRES = ('apply_fn', 'params', 'train_images')\n\n\n"
-      "def score(inputs):\n"
-      "  f = np.asarray(inputs.apply_fn(inputs.params, inputs.train_images))\n"
-      "  err = np.abs(f - inputs.train_features).max() / np.abs(inputs.train_features).max()\n"
-      "  return {'score': -float(err), 'n': float(len(inputs.train_images))}\n")
-  monkeypatch.syspath_prepend(str(lab))
-  workdir = tmp_path / "work"
-  shutil.copytree(reference, workdir)
-  config = config.copy_and_resolve_references()
+  _write_lab_module(tmp_path, monkeypatch, "my_lab2", "refeature",
+                    "import numpy as np\n"
+                    "REQUIRES = ('apply_fn', 'params', 'train_images')\n\n\n"
+                    "def score(inputs):\n"
+                    "  f = np.asarray(inputs.apply_fn(inputs.params, inputs.train_images))\n"
+                    "  err = (np.abs(f - inputs.train_features).max()\n"
+                    "         / np.abs(inputs.train_features).max())\n"
+                    "  return {'score': -float(err), 'n': float(len(inputs.train_images))}\n")
+  workdir, config = _copy_of_smoke_run(reference, config, tmp_path)
   with config.unlocked():
     config.scores = {"refeature": {"type": "my_lab2.refeature"}}
     config.stages = ("scores",)

@@ -273,3 +273,40 @@ def check_features_labels(features, labels, *, num_classes: int | None = None,
     raise ValueError(f"{score}: features contain NaN or inf (after conversion "
                      "to float32)")
   return x, jnp.asarray(y, jnp.int32), num_classes
+
+
+def present_classes(features, labels, *, score: str):
+  """Validates features and labels, numbering the classes present 0..K-1.
+
+  For scores defined over the classes that occur (GBC, TransRate); finiteness is left to the
+  caller, which can check it on device.
+
+  Args:
+    features: [N, D] numeric array.
+    labels: [N] int array of class indices >= 0.
+    score: the score's name, for messages.
+
+  Returns:
+    (features as float32 jax array [N, D], codes int32 [N] in 0..K-1, counts [K]).
+  """
+  x = jnp.asarray(features)
+  y = np.asarray(labels)
+  if x.ndim != 2 or 0 in x.shape:
+    raise ValueError(f"{score}: features must be a non-empty [N, D] array, got "
+                     f"shape {x.shape}")
+  if not (jnp.issubdtype(x.dtype, jnp.floating) or
+          jnp.issubdtype(x.dtype, jnp.integer)):
+    raise ValueError(f"{score}: features must be numeric, got {x.dtype}")
+  if y.shape != (x.shape[0],):
+    raise ValueError(f"{score}: labels must have shape [N] = ({x.shape[0]},) "
+                     f"to match the features, got {y.shape}")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"{score}: labels must be integers, got {y.dtype}")
+  if y.min() < 0:
+    raise ValueError(f"{score}: labels must be class indices in 0..C-1, got "
+                     f"{sorted(set(y[y < 0].tolist()))[:10]}")
+  classes, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
+  if classes.size < 2:
+    raise ValueError(f"{score}: labels contain only class(es) "
+                     f"{classes.tolist()}; at least 2 classes must be present")
+  return x.astype(jnp.float32), codes.reshape(-1).astype(np.int32), counts

@@ -115,31 +115,6 @@ def _gbc(x, codes, *, num_classes: int, pca_dim: int | None,
   return -jnp.sum(coeff), coeff, log_overlap, finite
 
 
-def _validate(features, labels, name: str):
-  """Checks and converts inputs: (x [N, D] float32, codes [N] in 0..K-1, K)."""
-  x = jnp.asarray(features)
-  y = np.asarray(labels)
-  if x.ndim != 2 or 0 in x.shape:
-    raise ValueError(f"{name}: features must be a non-empty [N, D] array, got "
-                     f"shape {x.shape}")
-  if not (jnp.issubdtype(x.dtype, jnp.floating) or
-          jnp.issubdtype(x.dtype, jnp.integer)):
-    raise ValueError(f"{name}: features must be numeric, got {x.dtype}")
-  if y.shape != (x.shape[0],):
-    raise ValueError(f"{name}: labels must have shape [N] = ({x.shape[0]},) "
-                     f"to match the features, got {y.shape}")
-  if not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f"{name}: labels must be integers, got {y.dtype}")
-  if y.min() < 0:
-    raise ValueError(f"{name}: labels must be class indices in 0..C-1, got "
-                     f"{sorted(set(y[y < 0].tolist()))[:10]}")
-  classes, codes = np.unique(y, return_inverse=True)
-  if classes.size < 2:
-    raise ValueError(f"{name}: labels contain only class(es) "
-                     f"{classes.tolist()}; at least 2 classes must be present")
-  return x.astype(jnp.float32), codes.reshape(-1).astype(np.int32), classes.size
-
-
 def _gbc_checked(features, labels, *, pca_dim, gaussian_type, min_variance):
   if gaussian_type not in GAUSSIAN_TYPES:
     raise ValueError(f"Unknown gaussian_type {gaussian_type!r}; valid types: "
@@ -153,7 +128,8 @@ def _gbc_checked(features, labels, *, pca_dim, gaussian_type, min_variance):
           min_variance > 0 and np.isfinite(min_variance)):
     raise ValueError(f"gbc: min_variance must be a positive number, got "
                      f"{min_variance!r}")
-  x, codes, num_classes = _validate(features, labels, "gbc")
+  x, codes, counts = common.present_classes(features, labels, score="gbc")
+  num_classes = counts.size
   if pca_dim is not None:
     pca_dim = int(min(pca_dim, *x.shape))
   value, coeff, log_overlap, finite = _gbc(

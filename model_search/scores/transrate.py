@@ -142,36 +142,6 @@ def _class_rates(z, codes: np.ndarray, num_groups: int, eps, method: str):
   return rates, counts
 
 
-def _validate(features, labels, name: str):
-  """Checks and converts inputs: (x [N, D] float32, codes [N], counts [K]).
-
-  Finiteness is checked by the caller, on device with the centring.
-  """
-  x = jnp.asarray(features)
-  y = np.asarray(labels)
-  if x.ndim != 2 or 0 in x.shape:
-    raise ValueError(f"{name}: features must be a non-empty [N, D] array, got "
-                     f"shape {x.shape}")
-  if not (jnp.issubdtype(x.dtype, jnp.floating) or
-          jnp.issubdtype(x.dtype, jnp.integer)):
-    raise ValueError(f"{name}: features must be numeric, got {x.dtype}")
-  x = x.astype(jnp.float32)
-  if y.shape != (x.shape[0],):
-    raise ValueError(f"{name}: labels must have shape [N] = ({x.shape[0]},) "
-                     f"to match the features, got {y.shape}")
-  if not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f"{name}: labels must be integers, got {y.dtype}")
-  if y.min() < 0:
-    raise ValueError(f"{name}: labels must be class indices in 0..C-1, got "
-                     f"{sorted(set(y[y < 0].tolist()))[:10]}")
-  classes, codes, counts = np.unique(y, return_inverse=True,
-                                     return_counts=True)
-  if classes.size < 2:
-    raise ValueError(f"{name}: labels contain only class(es) "
-                     f"{classes.tolist()}; at least 2 classes must be present")
-  return x, codes.reshape(-1).astype(np.int64), counts
-
-
 def transrate_parts(features, labels, eps: float = 1e-4, *,
                     class_weights: str = "uniform",
                     method: str = "gram") -> tuple[float, float]:
@@ -195,7 +165,8 @@ def transrate_parts(features, labels, eps: float = 1e-4, *,
   if not (eps_value > 0 and np.isfinite(eps_value)):
     raise ValueError(f"transrate: eps must be a positive number, got {eps!r}")
   eps = eps_value
-  x, codes, counts = _validate(features, labels, "transrate")
+  x, codes, counts = common.present_classes(features, labels, score="transrate")
+  codes = codes.astype(np.int64)
   z, finite = _center(x)
   if not bool(finite):
     raise ValueError("transrate: features contain NaN or inf (after "
