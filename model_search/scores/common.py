@@ -13,7 +13,8 @@ import numpy as np
 
 # Fields a score may need that are optional in ScoreInputs.
 OPTIONAL_FIELDS = ("source_probs", "val_source_probs", "apply_fn", "params",
-                   "train_images", "val_images")
+                   "train_images", "val_images", "source_features",
+                   "source_labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,10 @@ class ScoreInputs:
     params: the parameters `apply_fn` takes (a pytree).
     train_images: optional [N, H, W, 3] images of the training split.
     val_images: optional [M, H, W, 3] images of the validation split.
+    source_features: optional [N_s, D] float32 features of (a sample of) the
+      model's upstream training data, for scores that compare domains.
+    source_labels: optional [N_s] int labels of `source_features` (upstream
+      classes, 0..C_s-1).
     model_name: model name, used in messages.
     task_name: task name, used in messages.
   """
@@ -51,6 +56,8 @@ class ScoreInputs:
   params: Any = None
   train_images: Any = None
   val_images: Any = None
+  source_features: Any = None
+  source_labels: Any = None
   model_name: str = "<unnamed model>"
   task_name: str = "<unnamed task>"
 
@@ -100,6 +107,22 @@ class ScoreInputs:
         if not shape or shape[0] != rows:
           self._fail(f"{name} has shape {shape} but the split has {rows} "
                      "examples")
+
+    if (self.source_features is None) != (self.source_labels is None):
+      self._fail("source_features and source_labels must be given together")
+    if self.source_features is not None:
+      feats = self._features("source_features")
+      labels = np.asarray(self.source_labels)
+      if (labels.ndim != 1 or labels.shape[0] != feats.shape[0] or
+          not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0):
+        self._fail(f"source_labels must be [{feats.shape[0]}] non-negative "
+                   f"ints (one per source_features row), got shape "
+                   f"{labels.shape} and dtype {labels.dtype}")
+      if feats.shape[1] != self.feature_dim:
+        self._fail(f"source_features have dimension {feats.shape[1]} but the "
+                   f"target features have {self.feature_dim}")
+      set_("source_features", feats)
+      set_("source_labels", labels.astype(np.int32))
 
   @property
   def num_train(self) -> int:

@@ -51,7 +51,7 @@ from model_search.scores import common
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Below this ratio ||F - mean(F)||_F / ||F||_F the rows differ only by float32
 # rounding, K is constant up to noise and the correlation would be noise.
-_CONSTANT_RTOL = 1e-5
+CONSTANT_RTOL = 1e-5
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
@@ -153,7 +153,7 @@ def kernel_label_correlation(features, labels, *, num_classes: int | None = None
   rho, spread = float(rho), float(spread)
   if not np.isfinite(spread):
     raise ValueError(f"{what} contain non-finite values")
-  if spread <= _CONSTANT_RTOL:
+  if spread <= CONSTANT_RTOL:
     raise ValueError(
         f"{what} are (numerically) the same for every example "
         f"(||F - mean(F)||_F / ||F||_F = {spread:.3g}), so the kernel F F^T is "

@@ -25,33 +25,55 @@ selected, g_i^(k) = u_k h(x_i)^T, so Theta_ij = h(x_i) . h(x_j) for any K and
 LGC equals LFC of the features h (and selecting a bias b too adds the constant
 1 to Theta, which the correlation ignores).
 
-Two paths, both streaming `chunk_size` examples at a time through a vmap of
-per-example `jax.vjp` (one forward per example, K cotangents):
+The correlation only needs a few statistics of Theta. With mu = mean_i Phi_i,
+g_i = Phi_i - mu, a_i = mu . g_i, t_c = sum_{i in c} g_i and G = g g^T (the
+decomposition of `lfc.py`),
 
-* exact (`projection_dim=None`): Phi itself, [N, K P]; memory O(N K P), for
-  small models and tests.
-* sketched (`projection_dim=d`): a first pass computes the mean gradient
-  m = mean_i Phi_i exactly (one batched vjp per chunk). Then each chunk's rows
-  are split as Phi_i = (Phi_i . m) m / ||m||^2 + r_i: the part along m is kept
-  exactly as one column Phi_i . m / ||m||, and r_i is CountSketched to d
-  columns as it is produced: coordinate (k, p) of leaf l is added, with a
-  random sign, to one of d buckets, bucket and sign computed on the fly from an
-  integer hash of (seed, the leaf's path, the coordinate's index). The rows
-  Z_i [d + 1] have E[Z_i . Z_j] = Theta_ij, with error O(||r_i|| ||r_j|| /
-  sqrt(d)); per-example gradients share a large mean (often most of their
-  norm), which would otherwise dominate that error. The P x d projection is
-  never formed or stored (it is recomputed from the hash), so memory is
-  O(N d + K P + chunk K P), and the cost is O(K P) per example on top of the
-  gradients, where a dense Gaussian projection would cost O(K P d).
+  <Theta - mean(Theta), Y> = 2 sum_c (2 n_c mu . t_c + ||t_c||^2),
+  ||Theta - mean(Theta)||_F^2 = 2 N ||a||^2 + ||G||_F^2,
+
+so everything but ||G||_F^2 = sum_ij (g_i . g_j)^2 comes from class sums of
+gradients and one more product per example. Three paths, all streaming
+`chunk_size` examples at a time:
+
+* exact (`projection_dim=None`): Phi itself, [N, K P], from a vmap of
+  per-example `jax.vjp` (one forward per example, K cotangents); memory
+  O(N K P), for small models and tests.
+* sketch (`projection_dim=d`; `score`'s default for large blocks): one batched
+  vjp pass for mu, then one pass of per-example gradients over the examples
+  sorted by class, which gives the class sums t_c (a segment sum carried across
+  chunks), a_i and ||g_i||^2 exactly, and a CountSketch z_i of g_i to d
+  columns: coordinate (k, p) of leaf l is added, with a random sign, to one of d
+  buckets, bucket and sign computed on the fly from an integer hash of (seed,
+  the leaf's path, the coordinate's index), so the P x d projection is never
+  stored. ||G||_F^2 is estimated from Z without bias: over the sketch,
+  E sum_{i != j} (z_i . z_j)^2 = (1 + 1/d) sum_{i != j} (g_i . g_j)^2 +
+  (sum_{i != j} s_i s_j - 2 sum_{i != j} sum_p g_ip^2 g_jp^2) / d with
+  s_i = ||g_i||^2; the correction terms (and the diagonal, s_i^2) are computed
+  exactly in the same pass (v = sum_i g_i^2 per coordinate, sum_p g_ip^4 per
+  example). Memory O(N d + chunk K P); the relative error of ||G||_F^2 falls
+  as 1/sqrt(d) (on the tests' 164k-coordinate MLP: about 3% at d = 1024, 0.7%
+  at 8192, 0.2% at 65536), and only that term is estimated.
+* matrix-free (`method='matrix_free'`): only products of the kernel, through
+  batched `jax.vjp` (Phi^T r for weight vectors r: one backward per row and
+  direction) and `jax.linearize` (Phi w for parameter-space tangents w).
+  A first sweep over chunks of one class each gives the class sums S_c
+  (t_c = S_c - n_c mu; ||t_c||^2 and n_c mu . t_c follow from S_c, mu and
+  sum_c n_c S_c) and Phi^T Z for the range probes; a jvp sweep gives a and G Z;
+  ||G||_F^2 = tr(G^2) and tr(G) are then estimated by Hutch++ (Meyer, Musco,
+  Musco & Woodruff 2021): a third of `num_probes` products find G's top
+  subspace Q, whose share ||G Q||_F^2 is exact, and the rest estimate the
+  remainder by Hutchinson's estimator on (I - Q Q^T) z. Memory O(num_probes K P);
+  exact when G has rank <= num_probes // 3; otherwise the error falls with the
+  probes (1-5% at 16, 0.1-0.8% at 64 on the tests' MLP). It never forms
+  per-example gradients, but it costs about 4 num_probes K / 3 block backward /
+  forward-mode products per example, against K for the sketch.
 
 Conventions. The paper builds Theta from the gradients of the network output
 and correlates its entries with Y; how a D-dimensional output becomes one
 kernel (the K random unit directions above, averaged) is this module's choice,
 as are the sketch and the parameter selection. The correlation itself is LFC's
 (`lfc.py`: entries centred over all N^2 pairs, Frobenius norms).
-
-A matrix-free path (class-indicator quadratic forms through jvp/vjp plus
-Hutchinson probes for ||Theta||_F) is not implemented.
 
 Which parameters: `select` is a regex searched in each parameter's '/'-joined
 path (`param_paths`); None takes all floating-point parameters. For the
@@ -61,11 +83,13 @@ r'(^|/)stage2_conv1/', ResNet r'(^|/)(stage2_block0|norm)/', Mixer
 r'(^|/)(block1|norm)/'. Low-data fine-tuning moves the top of the network
 most, backpropagation then stops at that block, and P stays small enough for
 the sketch. `score` picks the path itself (`projection_dim='auto'`): exact when
-N K P <= 2^26 floats, else a 1024-dimensional sketch.
+N K P <= 2^26 floats, else the sketch with d = min(65536, 2^26 / N) (Z at most
+256 MiB).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -79,12 +103,14 @@ import numpy as np
 from model_search.scores import common
 from model_search.scores import lfc as lfc_lib
 
+_HIGHEST = jax.lax.Precision.HIGHEST
+
 # `score`'s automatic choice: exact while Phi [N, K P] has at most this many
 # floats (256 MiB), else a sketch of this dimension.
 # The scores stage loads the model and the train800 images for this score (scores/__init__.py).
 REQUIRES = ("apply_fn", "params", "train_images")
 AUTO_MAX_EXACT_FLOATS = 2**26
-AUTO_PROJECTION_DIM = 1024
+AUTO_PROJECTION_DIM = 65536
 
 
 def _key_name(key: Any) -> str:
@@ -196,15 +222,405 @@ def _sketch(rows, salts, projection_dim: int):
   return z.at[:, bucket].add(values)
 
 
-@functools.lru_cache(maxsize=64)
-def _chunk_fns(apply_fn: Callable[..., Any], treedef,
-               selected: tuple[bool, ...], projection_dim: int | None):
-  """Jitted (mean-gradient chunk, rows chunk) functions for one model."""
+def _dot64(a, b) -> float:
+  """sum over leaves of a_l . b_l, in float64 on the host."""
+  return float(sum(np.dot(np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel())
+                   for x, y in zip(a, b)))
 
+
+def _merge_fn(treedef, selected):
   def merge(sel_leaves, rest_leaves):
     sel, rest = iter(sel_leaves), iter(rest_leaves)
     leaves = [next(sel) if s else next(rest) for s in selected]
     return jax.tree_util.tree_unflatten(treedef, leaves)
+  return merge
+
+
+@functools.lru_cache(maxsize=64)
+def _stat_fns(apply_fn: Callable[..., Any], treedef,
+              selected: tuple[bool, ...], projection_dim: int | None):
+  """Jitted chunk functions of the statistics paths (sketch and matrix-free)."""
+  merge = _merge_fn(treedef, selected)
+
+  def forward(sel_leaves, rest_leaves, images):
+    y = apply_fn(merge(sel_leaves, rest_leaves), images)
+    return jnp.reshape(y, (images.shape[0], -1)).astype(jnp.float32)
+
+  def weighted_sums(sel_leaves, rest_leaves, images, weights, directions):
+    # sum_i w_ri Phi_i for each weight row r: leaves [R, K p_l], one forward.
+    _, vjp = jax.vjp(lambda s: forward(s, rest_leaves, images), sel_leaves)
+    k = directions.shape[0]
+    ct = weights[:, None, :, None] * directions[None, :, None, :]  # [R, K, c, D]
+    grads = jax.vmap(jax.vmap(lambda t: vjp(t)[0]))(ct)
+    return [jnp.reshape(g, (weights.shape[0], -1)) / math.sqrt(k) for g in grads]
+
+  def tangent_products(sel_leaves, rest_leaves, images, tangents, directions):
+    # Phi_i . w_t for each tangent t (leaves [T, K p_l]): [T, c]. One linearisation,
+    # T K forward-mode products.
+    k = directions.shape[0]
+    _, jvp = jax.linearize(lambda s: forward(s, rest_leaves, images), sel_leaves)
+
+    def one(tangent):  # leaves [K p_l] -> [c]
+      def per_direction(i):
+        t = [jnp.reshape(jax.lax.dynamic_index_in_dim(leaf.reshape(k, -1), i, 0, False),
+                         s.shape) for leaf, s in zip(tangent, sel_leaves)]
+        return jvp(t) @ directions[i]
+      return jnp.sum(jax.vmap(per_direction)(jnp.arange(k)), axis=0) / math.sqrt(k)
+
+    return jax.vmap(one)(tangents)
+
+  def example_grads(sel_leaves, rest_leaves, image, directions):
+    _, vjp = jax.vjp(lambda s: forward(s, rest_leaves, image[None])[0], sel_leaves)
+    return jax.vmap(lambda u: vjp(u)[0])(directions)  # leaves [K, *shape]
+
+  def stats_chunk(sel_leaves, rest_leaves, images, weights, directions, salts, mean,
+                  sketch_mean, carry, last_rows, keep_carry):
+    # Per-example gradients with the examples last: leaves [K p_l, c]. In this layout the
+    # products below are matrix products and the sketch scatters rows of c floats, which
+    # XLA:CPU runs an order of magnitude faster than the [c, K p_l] layout.
+    grads = jax.vmap(example_grads, in_axes=(None, None, 0, None), out_axes=-1)(
+        sel_leaves, rest_leaves, images, directions)
+    c, k = images.shape[0], directions.shape[0]
+    rows = [jnp.reshape(x, (-1, c)) / math.sqrt(k) for x in grads]  # Phi^T, leaf by leaf.
+    # Centred columns g_i = Phi_i - mu (zero for padding), for the exact statistics: one
+    # Gram matrix of [g_1..g_c, t, mu] (t: the open class's running sum of g) gives ||g_i||^2,
+    # a_i = mu . g_i and every class's ||t_c||^2 and mu . t_c without cancellation.
+    centred = [(x - m[:, None]) * weights for x, m in zip(rows, mean)]
+    cols = [jnp.concatenate([x, t[:, None], m[:, None]], axis=1)
+            for x, t, m in zip(centred, carry, mean)]
+    gram = sum(jnp.matmul(m.T, m, precision=_HIGHEST) for m in cols)  # [c + 2, c + 2]
+    new_carry = [keep_carry * t + jnp.matmul(x, last_rows, precision=_HIGHEST)
+                 for x, t in zip(centred, carry)]
+    sq_coords = [jnp.sum(x * x, axis=1) for x in centred]  # sum_i g_i^2, per coordinate.
+    quartic = sum(jnp.sum(jnp.square(x * x), axis=0) for x in centred)  # sum_p g_ip^4.
+    z = None
+    if projection_dim is not None:  # CountSketch of g_i: S Phi_i - S mu (S is linear).
+      z = (_sketch_columns(rows, salts, projection_dim) - sketch_mean[:, None]) * weights
+    return gram, new_carry, sq_coords, quartic, z
+
+  return jax.jit(weighted_sums), jax.jit(tangent_products), jax.jit(stats_chunk)
+
+
+def _segments(labels_sorted: np.ndarray, weights: np.ndarray, c: int):
+  """Per chunk of c class-sorted examples: its classes and how they continue across chunks.
+
+  Returns a list of (local class ids [c], carry_in, continues, last_rows [c], keep_carry):
+  carry_in: the chunk's first class continues the previous chunk's last; continues: the
+  chunk's last class goes on into the next chunk; last_rows: indicator of the rows of the
+  last class (whose running sum is carried); keep_carry: 1 when that class also started
+  before this chunk.
+  """
+  out = []
+  num_chunks = len(labels_sorted) // c
+  for j in range(num_chunks):
+    chunk, w = labels_sorted[j * c:(j + 1) * c], weights[j * c:(j + 1) * c]
+    _, ids = np.unique(chunk, return_inverse=True)
+    ids = ids.reshape(-1)
+    last = int(ids[-1])
+    carry_in = bool(j > 0 and labels_sorted[j * c - 1] == chunk[0])
+    continues = bool(j + 1 < num_chunks and labels_sorted[(j + 1) * c] == chunk[-1])
+    last_rows = ((ids == last) * w).astype(np.float32)
+    out.append((ids, carry_in, continues, last_rows,
+                np.float32(carry_in and last == 0)))
+  return out
+
+
+def _correlation(stats: dict[str, Any], what: str) -> float:
+  """LFC's formula (lfc.py module doc) from the kernel statistics, in float64."""
+  counts = np.asarray(stats["counts"], np.float64)
+  n = float(np.sum(counts))
+  spread_sq = stats["centred_sq"] / max(stats["centred_sq"] + n * stats["mean_sq"], 1e-300)
+  if not np.isfinite(spread_sq):
+    raise ValueError(f"{what} contain non-finite values")
+  if math.sqrt(spread_sq) <= lfc_lib.CONSTANT_RTOL:
+    raise ValueError(
+        f"{what} are (numerically) the same for every example "
+        f"(||Phi - mean(Phi)||_F / ||Phi||_F = {math.sqrt(spread_sq):.3g}), so the kernel "
+        "is constant and its correlation with the labels is undefined")
+  num = 2.0 * (2.0 * stats["nc_mu_t"] + stats["class_sq"])
+  q = np.sum((counts / n) ** 2)
+  den_y = 4.0 * n * n * q * (1.0 - q)
+  # A Frobenius estimate below the part that is known exactly is noise: clip to it.
+  frobenius = max(stats["frobenius"], stats["frobenius_floor"])
+  den_k = 2.0 * n * stats["a_sq"] + frobenius
+  return float(np.clip(num / math.sqrt(den_k * den_y), -1.0, 1.0))
+
+
+def _sorted_chunks(labels: np.ndarray, c: int, per_class: bool):
+  """Class-sorted example order, padded into chunks.
+
+  Returns (order [M] int: example index per slot, padding slots repeat the last example;
+  weights [M]: 1 for examples, 0 for padding; chunk size per chunk). With `per_class`, no
+  chunk mixes classes: each class is split into chunks of c, the last one of a class padded
+  to the next power of two (so a few shapes are compiled).
+  """
+  order = np.argsort(labels, kind="stable")
+  if not per_class:
+    m = -(-len(order) // c) * c
+    slots = np.concatenate([order, np.repeat(order[-1:], m - len(order))])
+    weights = (np.arange(m) < len(order)).astype(np.float32)
+    return slots, weights, [c] * (m // c)
+  slots, weights, sizes = [], [], []
+  for cls in np.unique(labels):
+    members = order[labels[order] == cls]
+    for start in range(0, len(members), c):
+      part = members[start:start + c]
+      size = min(c, 1 << (len(part) - 1).bit_length())
+      slots.append(np.concatenate([part, np.repeat(part[-1:], size - len(part))]))
+      weights.append((np.arange(size) < len(part)).astype(np.float32))
+      sizes.append(size)
+  return np.concatenate(slots), np.concatenate(weights), sizes
+
+
+def _mean_gradient(weighted_sums, prep, chunks):
+  """mu = mean_i Phi_i, leaves [K p_l], from one batched vjp per chunk."""
+  total = None
+  for images, weights in chunks:
+    part = weighted_sums(prep.sel, prep.rest, images, weights[None], prep.directions)
+    part = [p[0] for p in part]
+    total = part if total is None else [t + p for t, p in zip(total, part)]
+  return [t / prep.n for t in total]
+
+
+def _sketch_statistics(prep, labels: np.ndarray, projection_dim: int) -> dict[str, Any]:
+  """Kernel statistics with the class terms exact and ||G||_F^2 from a debiased sketch."""
+  weighted_sums, _, stats_chunk = _stat_fns(prep.apply_fn, prep.treedef, prep.mask,
+                                            projection_dim)
+  c = prep.chunk
+  order, weights, sizes = _sorted_chunks(labels, c, per_class=False)
+  chunks = [(prep.take(order[i * c:(i + 1) * c]), weights[i * c:(i + 1) * c])
+            for i in range(len(sizes))]
+  mean = _mean_gradient(weighted_sums, prep, chunks)
+  sketch_mean = _sketch_vector(mean, prep.salts, projection_dim)
+  sorted_labels = labels[order]
+  segments = _segments(sorted_labels, weights, c)
+  carry = [jnp.zeros_like(m) for m in mean]
+  outputs = []
+  for (images, w), (_, _, _, last_rows, keep) in zip(chunks, segments):
+    gram, carry, sq_coords, quartic, z = stats_chunk(
+        prep.sel, prep.rest, images, w, prep.directions, prep.salts, mean, sketch_mean,
+        carry, last_rows, keep)
+    outputs.append((gram, sq_coords, quartic, z))
+  # The exact statistics, from each chunk's Gram matrix of [g_1..g_c, t, mu] (float64).
+  s, a, class_sq, nc_mu_t, v = [], [], 0.0, 0.0, None
+  counts = np.bincount(labels)
+  for j, ((gram, sq_coords, _, _), (ids, carry_in, continues, _, _)) in enumerate(
+      zip(outputs, segments)):
+    g = np.asarray(gram, np.float64)
+    w = weights[j * c:(j + 1) * c]
+    s.append(np.diag(g)[:c])
+    a.append(g[:c, c + 1])
+    v = sq_coords if v is None else [x + y for x, y in zip(v, sq_coords)]
+    for k in range(int(ids[-1]) + 1):
+      if k == int(ids[-1]) and continues:
+        continue  # Finished in a later chunk, from its carried sum.
+      pick = np.zeros(c + 2)
+      pick[:c] = (ids == k) * w
+      pick[c] = float(k == 0 and carry_in)  # The class's sum over earlier chunks.
+      n_c = float(counts[sorted_labels[j * c + int(np.argmax(ids == k))]])
+      class_sq += float(pick @ g @ pick)  # ||t_c||^2
+      nc_mu_t += n_c * float(pick @ g[:, c + 1])  # n_c mu . t_c
+  keep = weights > 0
+  s = np.concatenate(s)[keep]
+  a = np.concatenate(a)[keep]
+  quartic = np.concatenate([np.asarray(o[2], np.float64) for o in outputs])[keep]
+  z = jnp.concatenate([o[3] for o in outputs], axis=1)[:, np.flatnonzero(keep)]  # [d, N]
+  d = float(projection_dim)
+  v_sq = _dot64(v, v)
+  # E sum_ij (z_i . z_j)^2 over the CountSketch, for columns g_i (see the module doc):
+  #   sum_ij (g_i.g_j)^2 (1 + 1/d) + ((sum_i s_i)^2 - 2 ||v||^2) / d,
+  # v = sum_i g_i^2 per coordinate. The diagonal (i = j) is known exactly (s_i^2), so
+  # only the off-diagonal part is estimated, with its own correction.
+  gram = np.asarray(jnp.matmul(z.T, z, precision=_HIGHEST), np.float64)  # N x N
+  z_sq = np.diag(gram)
+  off = float(np.sum(gram * gram) - np.sum(z_sq * z_sq))
+  off_bias = ((np.sum(s) ** 2 - np.sum(s * s)) - 2.0 * (v_sq - np.sum(quartic))) / d
+  frobenius = float(np.sum(s * s) + (off - off_bias) / (1.0 + 1.0 / d))
+  return {"counts": counts[counts > 0], "nc_mu_t": nc_mu_t, "class_sq": class_sq,
+          "a_sq": float(np.sum(a * a)), "centred_sq": float(np.sum(s)),
+          "mean_sq": _dot64(mean, mean), "frobenius": frobenius,
+          "frobenius_floor": float(np.sum(s * s))}
+
+
+def _vjp_sweep(weighted_sums, prep, rows: np.ndarray):
+  """Phi^T r for each row r of rows [R, N] (leaves [R, K p_l]), one vjp per chunk."""
+  c = prep.chunk
+  order, weights, sizes = _sorted_chunks(np.zeros(prep.n, np.int64), c, per_class=False)
+  total = None
+  for i in range(len(sizes)):
+    idx = order[i * c:(i + 1) * c]
+    part = weighted_sums(prep.sel, prep.rest, prep.take(idx),
+                         rows[:, idx] * weights[None, i * c:(i + 1) * c], prep.directions)
+    total = part if total is None else [a + b for a, b in zip(total, part)]
+  return total
+
+
+def _jvp_sweep(tangent_products, prep, tangents) -> np.ndarray:
+  """Phi w for each tangent w (leaves [T, K p_l]): [T, N], one linearisation per chunk."""
+  c = prep.chunk
+  order, _, sizes = _sorted_chunks(np.zeros(prep.n, np.int64), c, per_class=False)
+  out = [np.asarray(tangent_products(prep.sel, prep.rest, prep.take(order[i * c:(i + 1) * c]),
+                                     tangents, prep.directions), np.float64)
+         for i in range(len(sizes))]
+  return np.concatenate(out, axis=1)[:, :prep.n]  # order is 0..N-1, then padding.
+
+
+def _centred_products(tangent_products, prep, mean, sums, weights_sum):
+  """G r for rows r given Phi^T r (`sums`, leaves [R, K p_l]) and sum_i r_i.
+
+  G r = J_c (J_c^T r) with J_c^T r = Phi^T r - (sum_i r_i) mu and J_c w = Phi w - (mu . w).
+  """
+  tangents = [p - jnp.asarray(weights_sum, jnp.float32)[:, None] * m[None]
+              for m, p in zip(mean, sums)]
+  mu_dot = np.array(sum(np.asarray(t @ m, np.float64) for t, m in zip(tangents, mean)))
+  return _jvp_sweep(tangent_products, prep, tangents) - mu_dot[:, None]
+
+
+def _matrix_free_statistics(prep, labels: np.ndarray, num_probes: int,
+                            seed: int) -> dict[str, Any]:
+  """Kernel statistics from vjp / jvp products only; tr(G) and ||G||_F^2 by Hutch++."""
+  weighted_sums, tangent_products, _ = _stat_fns(prep.apply_fn, prep.treedef, prep.mask,
+                                                 None)
+  add = lambda a, b: b if a is None else [x + y for x, y in zip(a, b)]
+  rng = np.random.default_rng([seed, 1])
+  # Hutch++ (Meyer et al. 2021): a third of the products find G's top subspace, whose
+  # part of the trace is taken exactly, the rest go to Hutchinson on the remainder.
+  s = max(1, num_probes // 3)
+  range_probes = rng.choice(np.array([-1.0, 1.0], np.float32), size=(s, prep.n))
+  # Sweep 1, over chunks of one class each: weight rows [membership, range probes] give
+  # the class sum S_c = sum_{i in c} Phi_i and Phi^T z_r, from one vjp per chunk.
+  order, weights, sizes = _sorted_chunks(labels, prep.chunk, per_class=True)
+  starts = np.cumsum([0] + sizes)
+  total, weighted, probe_sums, class_sum, class_sum_sq = None, None, None, None, 0.0
+  for j, size in enumerate(sizes):
+    idx, w = order[starts[j]:starts[j + 1]], weights[starts[j]:starts[j + 1]]
+    rows = np.concatenate([w[None], range_probes[:, idx] * w[None]], axis=0)
+    part = weighted_sums(prep.sel, prep.rest, prep.take(idx), rows, prep.directions)
+    class_sum = add(class_sum, [p[0] for p in part])
+    probe_sums = add(probe_sums, [p[1:] for p in part])
+    cls = labels[idx[0]]
+    if j + 1 == len(sizes) or labels[order[starts[j + 1]]] != cls:  # Class complete.
+      n_c = float(np.sum(labels == cls))
+      class_sum_sq += _dot64(class_sum, class_sum)
+      total = add(total, class_sum)
+      weighted = add(weighted, [n_c * t for t in class_sum])
+      class_sum = None
+  mean = [t / prep.n for t in total]
+  mean_sq = _dot64(mean, mean)
+  # t_c = S_c - n_c mu, so with W = sum_c n_c S_c:
+  #   sum_c ||t_c||^2 = sum_c ||S_c||^2 - 2 mu . W + ||mu||^2 sum_c n_c^2,
+  #   sum_c n_c mu . t_c = mu . W - ||mu||^2 sum_c n_c^2.
+  counts = np.bincount(labels)
+  mu_w = _dot64(mean, weighted)
+  nc_sq = float(np.sum(counts.astype(np.float64) ** 2))
+  # Sweep 2: a_i = Phi_i . mu - ||mu||^2 and G Z for the range probes Z.
+  a = _jvp_sweep(tangent_products, prep, [m[None] for m in mean])[0] - mean_sq
+  g_range = _centred_products(tangent_products, prep, mean, probe_sums,
+                              range_probes.sum(axis=1))
+  q, _ = np.linalg.qr(g_range.T)  # [N, s], orthonormal.
+  rest = rng.choice(np.array([-1.0, 1.0]), size=(num_probes - 2 * s if num_probes > 2 * s
+                                                  else s, prep.n))
+  rest = rest - (rest @ q) @ q.T  # (I - Q Q^T) z.
+  rows = np.concatenate([q.T, rest]).astype(np.float32)
+  # Sweeps 3 and 4: G Q and G (I - Q Q^T) Z.
+  products = _centred_products(tangent_products, prep, mean,
+                               _vjp_sweep(weighted_sums, prep, rows), rows.sum(axis=1))
+  g_q, g_rest = products[:s], products[s:]
+  rows = rows.astype(np.float64)
+  return {"counts": counts[counts > 0],
+          "nc_mu_t": mu_w - mean_sq * nc_sq,
+          "class_sq": class_sum_sq - 2.0 * mu_w + mean_sq * nc_sq,
+          "a_sq": float(np.sum(a * a)),
+          # tr(G) = tr(Q^T G Q) + E w^T G w, ||G||_F^2 = ||G Q||_F^2 + E ||G w||^2,
+          # w = (I - Q Q^T) z.
+          "centred_sq": float(np.sum(rows[:s] * g_q) +
+                              np.mean(np.sum(rows[s:] * g_rest, axis=1))),
+          "mean_sq": mean_sq,
+          "frobenius": float(np.sum(g_q * g_q) + np.mean(np.sum(g_rest * g_rest, axis=1))),
+          "frobenius_floor": 0.0}
+
+
+@dataclasses.dataclass
+class _Prepared:
+  """A model and its images, split for the chunk functions."""
+  apply_fn: Callable[..., Any]
+  treedef: Any
+  mask: tuple[bool, ...]
+  sel: list[Any]
+  rest: list[Any]
+  directions: jax.Array
+  salts: list[Any]
+  images: Any
+  n: int
+  chunk: int
+
+  def take(self, index):
+    """The images at `index` (host images stay on the host until used)."""
+    return self.images[np.asarray(index)]
+
+
+def _check_int(name, value, low):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+    raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _prepare(apply_fn, params, images, *, select, num_directions, seed,
+             chunk_size) -> _Prepared:
+  """Validates the options and splits the parameters into selected and the rest."""
+  for name, value, low in (("num_directions", num_directions, 1),
+                           ("chunk_size", chunk_size, 1), ("seed", seed, 0)):
+    _check_int(name, value, low)
+  if not callable(apply_fn):
+    raise ValueError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
+  xp = jnp if isinstance(images, jax.Array) else np
+  images = xp.asarray(images)
+  if images.ndim < 1 or images.shape[0] < 1:
+    raise ValueError(f"images must be [N, ...] with N >= 1, got shape "
+                     f"{images.shape}")
+  chosen = set(select_params(params, select))
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  paths = ["/".join(_key_name(k) for k in path) for path, _ in flat]
+  mask = tuple(p in chosen for p in paths)
+  sel = [jnp.asarray(leaf) for (_, leaf), m in zip(flat, mask) if m]
+  rest = [leaf for (_, leaf), m in zip(flat, mask) if not m]
+  out = jax.eval_shape(apply_fn, params, images[:1])
+  if not hasattr(out, "shape") or not out.shape or out.shape[0] != 1:
+    raise ValueError("apply_fn(params, images) must return one row per image "
+                     f"([N, D]); for 1 image it returned {out}")
+  num_outputs = int(np.prod(out.shape[1:]))
+  if int(num_directions) * sum(int(np.size(leaf)) for leaf in sel) >= 2**31:
+    raise ValueError("num_directions x the number of selected parameters must "
+                     "be < 2^31; select fewer parameters")
+  return _Prepared(
+      apply_fn=apply_fn, treedef=treedef, mask=mask, sel=sel, rest=rest,
+      directions=output_directions(num_outputs, int(num_directions), seed),
+      salts=[jnp.asarray(_leaf_salt(seed, p)) for p, m in zip(paths, mask) if m],
+      images=images, n=int(images.shape[0]), chunk=min(int(chunk_size), int(images.shape[0])))
+
+
+def _sketch_columns(cols, salts, projection_dim: int):
+  """CountSketch [d, c] of per-leaf columns [K p_l, c]: the buckets and signs of `_sketch`
+  (which sketches rows), scattering rows of c floats, one leaf at a time."""
+  z = jnp.zeros((projection_dim, cols[0].shape[1]), jnp.float32)
+  for x, salt in zip(cols, salts):
+    h = _mix32(_mix32(jax.lax.iota(jnp.uint32, x.shape[0])) ^ salt)
+    bucket = (h % np.uint32(projection_dim)).astype(jnp.int32)
+    sign = 1.0 - 2.0 * (_mix32(h ^ np.uint32(0x9E3779B9)) >> 31).astype(jnp.float32)
+    z = z.at[bucket].add(x * sign[:, None])
+  return z
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _sketch_vector(leaves, salts, projection_dim: int):
+  """CountSketch [d] of one vector given as leaves [K p_l]."""
+  return _sketch_columns([x[:, None] for x in leaves], salts, projection_dim)[:, 0]
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_fns(apply_fn: Callable[..., Any], treedef,
+               selected: tuple[bool, ...], projection_dim: int | None):
+  """Jitted (mean-gradient chunk, rows chunk) functions for one model."""
+  merge = _merge_fn(treedef, selected)
 
   def forward(sel_leaves, rest_leaves, images):
     y = apply_fn(merge(sel_leaves, rest_leaves), images)
@@ -277,42 +693,13 @@ def gradient_features(apply_fn: Callable[..., Any], params: Any, images, *,
     ValueError: for bad options, a `select` that matches nothing or an
       `apply_fn` whose outputs do not have one row per image.
   """
-  for name, value, low in (("num_directions", num_directions, 1),
-                           ("chunk_size", chunk_size, 1), ("seed", seed, 0)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-        value < low):
-      raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-  if projection_dim is not None and (
-      isinstance(projection_dim, bool) or
-      not isinstance(projection_dim, (int, np.integer)) or projection_dim < 1):
-    raise ValueError("projection_dim must be None (exact Gram matrix) or an "
-                     f"int >= 1 (sketch dimension), got {projection_dim!r}")
-  if not callable(apply_fn):
-    raise ValueError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
-  # Host images stay on the host; each chunk is transferred as it is used.
+  if projection_dim is not None:
+    _check_int("projection_dim", projection_dim, 1)
+  prep = _prepare(apply_fn, params, images, select=select,
+                  num_directions=num_directions, seed=seed, chunk_size=chunk_size)
+  treedef, mask, sel, rest = prep.treedef, prep.mask, prep.sel, prep.rest
+  directions, salts, images, n = prep.directions, prep.salts, prep.images, prep.n
   xp = jnp if isinstance(images, jax.Array) else np
-  images = xp.asarray(images)
-  if images.ndim < 1 or images.shape[0] < 1:
-    raise ValueError(f"images must be [N, ...] with N >= 1, got shape "
-                     f"{images.shape}")
-  n = images.shape[0]
-  chosen = set(select_params(params, select))
-  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-  paths = ["/".join(_key_name(k) for k in path) for path, _ in flat]
-  mask = tuple(p in chosen for p in paths)
-  sel = [jnp.asarray(leaf) for (_, leaf), m in zip(flat, mask) if m]
-  rest = [leaf for (_, leaf), m in zip(flat, mask) if not m]
-
-  out = jax.eval_shape(apply_fn, params, images[:1])
-  if not hasattr(out, "shape") or not out.shape or out.shape[0] != 1:
-    raise ValueError("apply_fn(params, images) must return one row per image "
-                     f"([N, D]); for 1 image it returned {out}")
-  num_outputs = int(np.prod(out.shape[1:]))
-  directions = output_directions(num_outputs, int(num_directions), seed)
-  salts = [jnp.asarray(_leaf_salt(seed, p)) for p, m in zip(paths, mask) if m]
-  if int(num_directions) * sum(int(np.size(leaf)) for leaf in sel) >= 2**31:
-    raise ValueError("num_directions x the number of selected parameters must "
-                     "be < 2^31; select fewer parameters")
   # The mean pass does not depend on d: share its compiled function.
   mean_fn = _chunk_fns(apply_fn, treedef, mask, None)[0]
   rows_fn = _chunk_fns(apply_fn, treedef, mask,
@@ -341,10 +728,28 @@ def gradient_features(apply_fn: Callable[..., Any], params: Any, images, *,
   return jnp.concatenate(rows, axis=0)[:n]
 
 
+METHODS = ("exact", "sketch", "matrix_free")
+
+
+def _method(method: str | None, projection_dim: int | None) -> str:
+  if method is None:
+    return "exact" if projection_dim is None else "sketch"
+  if method not in METHODS:
+    raise ValueError(f"Unknown method {method!r}; valid: {', '.join(METHODS)} (or None: "
+                     "'exact' without projection_dim, 'sketch' with it)")
+  if method == "sketch" and projection_dim is None:
+    raise ValueError("method='sketch' needs projection_dim, the sketch dimension (an int)")
+  if method != "sketch" and projection_dim is not None:
+    raise ValueError(f"projection_dim={projection_dim!r} is only used by method='sketch', "
+                     f"not {method!r}")
+  return method
+
+
 def lgc(apply_fn: Callable[..., Any], params: Any, images, labels, *,
         select: str | None = None, projection_dim: int | None = None,
         num_directions: int = 8, seed: int = 0, chunk_size: int = 16,
-        num_classes: int | None = None) -> float:
+        num_classes: int | None = None, method: str | None = None,
+        num_probes: int = 16) -> float:
   """Label-Gradient Correlation (Deshpande et al. 2021, Sec. 3, eq. 8).
 
   Args:
@@ -355,12 +760,17 @@ def lgc(apply_fn: Callable[..., Any], params: Any, images, labels, *,
     select: regex searched in each parameter's '/'-joined path (see
       `param_paths`); None: all floating-point parameters.
     projection_dim: None for the exact gradient Gram matrix (memory O(N K P));
-      an int d for per-example gradients CountSketched to d dimensions as they
-      are produced (memory O(N d)).
+      an int d for the sketch path (memory O(N d); see the module doc).
     num_directions: K, unit output directions the gradients are taken along.
-    seed: fixes the directions and the sketch.
-    chunk_size: examples whose per-example gradients are held at once.
+    seed: fixes the directions, the sketch and the probes.
+    chunk_size: examples whose per-example gradients (or one batched vjp / jvp)
+      are held at once.
     num_classes: C; default max(labels) + 1.
+    method: 'exact', 'sketch' (class terms exact, ||Theta||_F from a debiased
+      CountSketch of dimension projection_dim) or 'matrix_free' (vjp / jvp
+      products only, ||Theta||_F by `num_probes` Hutchinson probes); None picks
+      'exact' or 'sketch' from projection_dim.
+    num_probes: Hutchinson probes of the matrix-free path.
 
   Returns:
     The Pearson correlation between the entries of Theta and of Y, in
@@ -373,54 +783,71 @@ def lgc(apply_fn: Callable[..., Any], params: Any, images, labels, *,
   """
   labels = np.asarray(labels)
   n = np.shape(images)[0] if np.ndim(images) else 0
-  lfc_lib.check_labels(labels, n, num_classes=num_classes, what="images")
-  phi = gradient_features(apply_fn, params, images, select=select,
-                          projection_dim=projection_dim,
-                          num_directions=num_directions, seed=seed,
-                          chunk_size=chunk_size)
-  return lfc_lib.kernel_label_correlation(
-      phi, labels, num_classes=num_classes,
-      what=f"per-example gradients (select={select!r})")
+  y, _ = lfc_lib.check_labels(labels, n, num_classes=num_classes, what="images")
+  y = np.asarray(y).astype(np.int64)
+  if projection_dim is not None:
+    _check_int("projection_dim", projection_dim, 1)
+  method = _method(method, projection_dim)
+  what = f"per-example gradients (select={select!r})"
+  if method == "exact":
+    phi = gradient_features(apply_fn, params, images, select=select,
+                            num_directions=num_directions, seed=seed,
+                            chunk_size=chunk_size)
+    return lfc_lib.kernel_label_correlation(phi, y, num_classes=num_classes, what=what)
+  prep = _prepare(apply_fn, params, images, select=select,
+                  num_directions=num_directions, seed=seed, chunk_size=chunk_size)
+  if method == "sketch":
+    stats = _sketch_statistics(prep, y, int(projection_dim))
+  else:
+    _check_int("num_probes", num_probes, 1)
+    stats = _matrix_free_statistics(prep, y, int(num_probes), seed)
+  return _correlation(stats, what)
 
 
 def score(inputs: common.ScoreInputs, *, select: str | None = None,
           projection_dim: int | str | None = "auto", num_directions: int = 8,
-          seed: int = 0, chunk_size: int = 16) -> dict[str, float]:
+          seed: int = 0, chunk_size: int = 16, method: str | None = None,
+          num_probes: int = 16) -> dict[str, float]:
   """LGC on the train images and labels (the paper uses the target train set).
 
   Args:
     inputs: needs apply_fn, params and train_images.
     select: regex picking parameters by '/'-joined path; None: all (see the
       module doc for the pipeline's choice, the last block before pooling).
-    projection_dim: 'auto' (exact when N K P <= AUTO_MAX_EXACT_FLOATS, else
-      AUTO_PROJECTION_DIM), None (exact) or an int sketch dimension.
+    projection_dim: 'auto' (exact when N K P <= AUTO_MAX_EXACT_FLOATS, else the
+      sketch with d = min(AUTO_PROJECTION_DIM, AUTO_MAX_EXACT_FLOATS // N)), None
+      (exact) or an int sketch dimension. Ignored by method='matrix_free'.
     num_directions: K output directions.
-    seed: fixes the directions and the sketch.
+    seed: fixes the directions, the sketch and the probes.
     chunk_size: examples whose per-example gradients are held at once.
+    method: None (from projection_dim) or 'matrix_free' (see `lgc`).
+    num_probes: Hutch++ products of the matrix-free path.
 
   Returns:
     {'score': LGC in [-1, 1] (higher = better), 'exact': 1.0 for the exact path
-    and 0.0 for the sketch, 'projection_dim': d (0 when exact),
+    and 0.0 otherwise, 'projection_dim': d (0 unless sketched),
     'num_selected_params': P, 'num_selected_leaves': selected arrays}.
   """
   inputs.require("apply_fn", "params", "train_images", score="lgc")
   chosen = set(select_params(inputs.params, select))
   num_params = sum(int(np.size(leaf)) for p, leaf in
                    flatten_params(inputs.params).items() if p in chosen)
-  if isinstance(projection_dim, str):
+  if method == "matrix_free":
+    projection_dim = None
+  elif isinstance(projection_dim, str):
     if projection_dim != "auto":
       raise ValueError(f"Unknown projection_dim {projection_dim!r}; valid: "
                        "'auto', None (exact) or an int >= 1")
     exact_floats = inputs.num_train * int(num_directions) * num_params
     projection_dim = (None if exact_floats <= AUTO_MAX_EXACT_FLOATS else
-                      AUTO_PROJECTION_DIM)
+                      min(AUTO_PROJECTION_DIM, AUTO_MAX_EXACT_FLOATS // inputs.num_train))
   value = lgc(inputs.apply_fn, inputs.params, inputs.train_images,
               inputs.train_labels, select=select,
               projection_dim=projection_dim, num_directions=num_directions,
               seed=seed, chunk_size=chunk_size,
-              num_classes=inputs.num_classes)
+              num_classes=inputs.num_classes, method=method, num_probes=num_probes)
   return {"score": value,
-          "exact": float(projection_dim is None),
+          "exact": float(method is None and projection_dim is None),
           "projection_dim": float(projection_dim or 0),
           "num_selected_params": float(num_params),
           "num_selected_leaves": float(len(chosen))}

@@ -273,3 +273,113 @@ def test_score_plugin():
   bare = scores.ScoreInputs(feats, y, feats[:10], y[:10], num_classes=C)
   with pytest.raises(ValueError, match="needs apply_fn, params, train_images"):
     lgc.score(bare)
+
+
+def _exact_statistics(phi, y):
+  """The pieces of the correlation (lfc.py's decomposition) from explicit rows, float64."""
+  phi = np.asarray(phi, np.float64)
+  mu = phi.mean(0)
+  g = phi - mu
+  a = g @ mu
+  counts = np.bincount(y)
+  t = np.stack([g[y == c].sum(0) for c in range(counts.size)])
+  gram = g @ g.T
+  return {"nc_mu_t": float(np.sum(counts * (t @ mu))), "class_sq": float(np.sum(t * t)),
+          "a_sq": float(a @ a), "centred_sq": float(np.sum(g * g)),
+          "mean_sq": float(mu @ mu), "frobenius": float(np.sum(gram * gram))}
+
+
+def _wide_mlp(seed=0, n=160, c=5):
+  """An MLP with K P = 8 x 20,544 gradient coordinates, many more than small sketches."""
+  rng = np.random.default_rng(seed)
+  y = np.arange(n) % c
+  rng.shuffle(y)
+  x = (0.7 * rng.normal(size=(c, 64))[y] + rng.normal(size=(n, 64))).astype(np.float32)
+  params = {"body": {"kernel": jnp.asarray(rng.normal(size=(64, 256)) / 8, jnp.float32),
+                     "bias": jnp.zeros(256)},
+            "head": {"kernel": jnp.asarray(rng.normal(size=(256, 16)) / 16, jnp.float32)}}
+
+  def apply(p, x):
+    return jnp.tanh(x @ p["body"]["kernel"] + p["body"]["bias"]) @ p["head"]["kernel"]
+
+  return apply, params, x, y
+
+
+@pytest.mark.parametrize("method", ["sketch", "matrix_free"])
+def test_statistics_paths_compute_the_class_terms_exactly(method):
+  """Only ||G||_F^2 (and for matrix-free, tr G) is estimated; the rest is exact."""
+  params = _mlp_params(8)
+  x, y = _data(8)
+  phi = lgc.gradient_features(_mlp, params, x)
+  want = _exact_statistics(phi, y)
+  prep = lgc._prepare(_mlp, params, x, select=None, num_directions=8, seed=0,  # pylint: disable=protected-access
+                      chunk_size=7)  # Chunks that split classes.
+  if method == "sketch":
+    got = lgc._sketch_statistics(prep, y.astype(np.int64), 16)  # pylint: disable=protected-access
+    assert got["centred_sq"] == pytest.approx(want["centred_sq"], rel=1e-5)
+  else:
+    got = lgc._matrix_free_statistics(prep, y.astype(np.int64), 12, 0)  # pylint: disable=protected-access
+  for key in ("nc_mu_t", "class_sq", "a_sq", "mean_sq"):
+    assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+
+
+def test_sketch_path_is_within_one_percent_and_converges():
+  apply, params, x, y = _wide_mlp()
+  exact = lgc.lgc(apply, params, x, y)
+  errors = {}
+  for d in (1024, 65536):
+    values = [lgc.lgc(apply, params, x, y, projection_dim=d, seed=s) for s in range(2)]
+    errors[d] = np.abs(np.array(values) - exact) / abs(exact)
+  assert np.max(errors[65536]) < 0.01
+  assert np.mean(errors[65536]) < np.mean(errors[1024])
+
+
+def test_sketch_frobenius_estimate_is_unbiased():
+  """Averaged over sketches, the debiased ||G||_F^2 matches the exact one (the raw sketch
+  overestimates it by about (sum_i ||g_i||^2)^2 / d)."""
+  params = _mlp_params(9)
+  x, y = _data(9)
+  want = _exact_statistics(lgc.gradient_features(_mlp, params, x), y)["frobenius"]
+  got = []
+  for seed in range(24):
+    prep = lgc._prepare(_mlp, params, x, select=None, num_directions=8, seed=seed,  # pylint: disable=protected-access
+                        chunk_size=16)
+    got.append(lgc._sketch_statistics(prep, y.astype(np.int64), 64)["frobenius"])  # pylint: disable=protected-access
+  got = np.array(got)
+  assert abs(got.mean() - want) < 3 * got.std() / np.sqrt(len(got)) + 1e-3 * want
+
+
+def test_matrix_free_is_exact_when_the_probes_span_the_kernel():
+  """Hutch++ takes the part of tr(G^2) in the span of G Z exactly: with only the head
+  selected, G is h h^T centred (rank <= 7), so 8 range probes make it exact."""
+  params = _mlp_params(10)
+  x, y = _data(10)
+  exact = lgc.lgc(_mlp, params, x, y, select="^head/kernel$")
+  free = lgc.lgc(_mlp, params, x, y, select="^head/kernel$", method="matrix_free",
+                 num_probes=24)
+  assert free == pytest.approx(exact, rel=1e-4)
+
+
+def test_matrix_free_converges_with_probes():
+  apply, params, x, y = _wide_mlp(1)
+  exact = lgc.lgc(apply, params, x, y)
+  err = lambda p: np.mean([abs(lgc.lgc(apply, params, x, y, method="matrix_free",
+                                       num_probes=p, seed=s) - exact) for s in range(2)])
+  few, many = err(6), err(96)
+  assert many < few and many < 0.02 * abs(exact)
+
+
+def test_method_option_errors():
+  params = _mlp_params(11)
+  x, y = _data(11)
+  with pytest.raises(ValueError, match="Unknown method 'fast'.*exact, sketch, matrix_free"):
+    lgc.lgc(_mlp, params, x, y, method="fast")
+  with pytest.raises(ValueError, match="needs projection_dim"):
+    lgc.lgc(_mlp, params, x, y, method="sketch")
+  with pytest.raises(ValueError, match="only used by method='sketch'"):
+    lgc.lgc(_mlp, params, x, y, method="matrix_free", projection_dim=64)
+  with pytest.raises(ValueError, match="num_probes"):
+    lgc.lgc(_mlp, params, x, y, method="matrix_free", num_probes=0)
+  for method, extra in (("sketch", {"projection_dim": 64}), ("matrix_free", {})):
+    with pytest.raises(ValueError, match="same for every example"):
+      lgc.lgc(_mlp, params, x, y, select=r"^head/bias$", method=method, **extra)
