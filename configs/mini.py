@@ -72,6 +72,11 @@ def get_config(arg=None):
     # H-score is left out: with n <= d it returns C-1 for any features).
     for name in ("logme", "regularized_hscore", "leep", "nce", "transrate", "gbc", "lfc"):
       config.scores[name] = {}
+    # Cui et al.'s domain similarity: the mini zoo's upstream data is at hand, so each model's
+    # features of its first `source_examples` upstream training images are compared with the
+    # task's (earth mover's distance between class means).
+    config.scores.domain_similarity = {}
+    config.features.source_examples = 2000
 
   # Ground truth: the whole network plus a new zero-initialised linear head, SGD with momentum,
   # each learning rate trained on train800 and picked on val200; the test accuracy of the pick.

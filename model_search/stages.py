@@ -18,13 +18,14 @@ from model_search import regret
 from model_search import report
 from model_search import scores as scores_lib
 from model_search import workdir as wd
+from model_search.data import mini
 from model_search.data import pipeline
 from model_search.models import hub
 from model_search.models import mini_zoo
 from model_search.models import pools
 from model_search.scores.common import ScoreInputs
 
-_SCORES_VERSION = "scores-v1"
+_SCORES_VERSION = "scores-v2"
 
 
 def zoo(study) -> None:
@@ -39,9 +40,11 @@ def zoo(study) -> None:
 
 
 def _score_fingerprint(study, entry, task) -> str:
-  return wd.fingerprint(_SCORES_VERSION, study.config.scores.to_dict(),
-                        [features.feature_fingerprint(entry, task, s)
-                         for s in ("train800", "val200")])
+  parts = [_SCORES_VERSION, study.config.scores.to_dict(),
+           [features.feature_fingerprint(entry, task, s) for s in ("train800", "val200")]]
+  if scores_lib.required_fields(study.config.scores.to_dict()) & {"source_features"}:
+    parts.append(("source_examples", _source_examples(study)))
+  return wd.fingerprint(*parts)
 
 
 def load_scores(study, entry, task):
@@ -49,16 +52,54 @@ def load_scores(study, entry, task):
                       fingerprint_=_score_fingerprint(study, entry, task), required=("scores",))
 
 
+# Upstream examples whose features the source-domain scores (domain_similarity) compare
+# with the task's: the first N of the upstream train split (config.features.source_examples).
+_SOURCE_EXAMPLES = 5000
+
+
+def _source_examples(study) -> int:
+  return int(study.config.features.get("source_examples", _SOURCE_EXAMPLES))
+
+
+def _check_source_data(entry) -> None:
+  up = entry.upstream_dataset
+  if up not in mini.UPSTREAM:
+    raise ValueError(
+        f"A configured score needs source features (features of the model's upstream "
+        f"training data), but model {entry.name!r} was pre-trained on {up!r}, which "
+        f"model_search cannot load; source data is available for the mini suite's upstream "
+        f"tasks ({', '.join(sorted(mini.UPSTREAM))}). Leave such scores (e.g. "
+        "domain_similarity) out of configs for this collection.")
+
+
+def _source_inputs(study, entry, model) -> dict:
+  """Features and labels of (the first examples of) the model's upstream training data."""
+  _check_source_data(entry)
+  mini.prepare(entry.upstream_dataset, data_dir=study.data_dir)  # A no-op once prepared.
+  images, labels, _ = mini_zoo.load_upstream(entry.upstream_dataset, "train", study.data_dir,
+                                             limit=_source_examples(study))
+  extractor = features.Extractor(model, image_size=entry.input_size,
+                                 batch_size=study.config.features.batch_size)
+  return {"source_features": extractor(images)["features"],
+          "source_labels": labels.astype("int32")}
+
+
 def _model_inputs(study, entry, task, needed, loaded) -> dict:
-  """apply_fn, params and images for scores that need the model (`REQUIRES`)."""
-  if not needed & {"apply_fn", "params", "train_images", "val_images"}:
+  """apply_fn, params, images and source features for scores that need them (`REQUIRES`)."""
+  if not needed & {"apply_fn", "params", "train_images", "val_images", "source_features",
+                   "source_labels"}:
     return {}
   if loaded.get("name") != entry.name:
     loaded.clear()
     loaded.update(name=entry.name, model=hub.load_entry(entry))
   model = loaded["model"]
+  if needed & {"source_features", "source_labels"} and "source" not in loaded:
+    loaded["source"] = _source_inputs(study, entry, model)
+  out = dict(loaded.get("source", {}))
+  if not needed & {"apply_fn", "params", "train_images", "val_images"}:
+    return out
   size = entry.input_size or model.input_size
-  out = {"apply_fn": model.apply, "params": model.params}
+  out.update(apply_fn=model.apply, params=model.params)
   for split, field in (("train800", "train_images"), ("val200", "val_images")):
     if field in needed:
       if size is None and task.image_size is None:
@@ -77,6 +118,9 @@ def scores(study) -> None:
   task_by_name = {t.name: t for t in study.tasks}
   score_configs = study.config.scores.to_dict()
   needed = scores_lib.required_fields(score_configs)
+  if needed & {"source_features", "source_labels"}:
+    for entry in study.entries:  # Before any work: every model needs its upstream data.
+      _check_source_data(entry)
   loaded = {}
   for m, t in tqdm.tqdm(study.items(), desc="scores", unit="item"):
     entry, task = by_name[m], task_by_name[t]

@@ -271,3 +271,41 @@ def test_scores_that_require_the_model_get_it_and_its_images(smoke_run, tmp_path
   for path in paths:
     values = json.loads(path.read_text())["scores"]["refeature"]
     assert values["n"] == 800 and values["score"] > -1e-5
+
+
+def test_source_domain_scores_get_the_upstream_features(smoke_run, tmp_path, monkeypatch):
+  """domain_similarity (REQUIRES source_features) gets each model's features of the first
+  `source_examples` images of its own upstream training split."""
+  config, reference = smoke_run
+  _write_lab_module(tmp_path, monkeypatch, "my_lab3", "source_probe",
+                    "import numpy as np\n"
+                    "REQUIRES = ('source_features', 'source_labels')\n\n\n"
+                    "def score(inputs):\n"
+                    "  return {'score': 0.0, 'n': float(len(inputs.source_labels)),\n"
+                    "          'dim': float(inputs.source_features.shape[1]),\n"
+                    "          'label_sum': float(np.sum(inputs.source_labels))}\n")
+  workdir, config = _copy_of_smoke_run(reference, config, tmp_path)
+  with config.unlocked():
+    config.scores = {"probe": {"type": "my_lab3.source_probe"}, "domain_similarity": {}}
+    config.features.source_examples = 300
+    config.stages = ("scores",)
+  main.run(config, str(workdir))
+  from model_search import study as study_lib  # pylint: disable=g-import-not-at-top
+  from model_search.models import mini_zoo  # pylint: disable=g-import-not-at-top
+  data_dir = study_lib.from_config(config, workdir).data_dir
+  for m in config.zoo.models:
+    up = mini_zoo.SPECS[m].upstream
+    _, labels, _ = mini_zoo.load_upstream(up, "train", data_dir, limit=300)
+    for t in config.tasks:
+      values = json.loads((workdir / "scores" / m / f"{t}.json").read_text())["scores"]
+      assert values["probe"]["n"] == 300 and values["probe"]["label_sum"] == labels.sum()
+      assert 0.0 < values["domain_similarity"]["score"] <= 1.0
+      assert values["domain_similarity"]["emd"] > 0.0
+
+
+def test_source_domain_scores_need_loadable_upstream_data():
+  from model_search import stages  # pylint: disable=g-import-not-at-top
+  from model_search.models import zoo  # pylint: disable=g-import-not-at-top
+  entry = zoo.entries("tfhub")[0]
+  with pytest.raises(ValueError, match="cannot load.*domain_similarity"):
+    stages._check_source_data(entry)  # pylint: disable=protected-access

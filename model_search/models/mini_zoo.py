@@ -120,7 +120,8 @@ def model_dir(zoo_dir, name: str, zoo_config) -> epath.Path:
   return epath.Path(zoo_dir) / f"{name}-{wd.fingerprint(_recipe(spec, zoo_config))}"
 
 
-def _load_upstream(name: str, split: str, data_dir: str | None, limit: int | None = None):
+def load_upstream(name: str, split: str, data_dir: str | None, limit: int | None = None):
+  """(uint8 images, int32 labels, num_classes) of a mini upstream task's split (first `limit`)."""
   up = mini.get_upstream(name)
   split_str = getattr(up, f"{split}_split")
   if limit is not None:
@@ -138,9 +139,9 @@ def pretrain(spec: MiniModel, zoo_config, data_dir: str | None):
     feature dimension).
   """
   c = zoo_config
-  x_train, y_train, num_classes = _load_upstream(spec.upstream, "train", data_dir,
+  x_train, y_train, num_classes = load_upstream(spec.upstream, "train", data_dir,
                                                  spec.train_examples)
-  x_test, y_test, _ = _load_upstream(spec.upstream, "test", data_dir)
+  x_test, y_test, _ = load_upstream(spec.upstream, "test", data_dir)
   net = nets.get_net(spec.arch, num_classes, **spec.arch_kwargs)
   seed = c.seed + int(wd.fingerprint(spec.name), 16) % 10_000
   params = net.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + x_train.shape[1:]))["params"]
