@@ -130,8 +130,21 @@ def _peers() -> dict[str, tuple[str, Callable[..., float]]]:
       "lfc": ref("lfc_test", "_numpy_lfc", lambda x, y, p: (x, y)),
       "msc": ("scikit-learn silhouette_score",
               lambda x, y, xv, yv, c, p: _silhouette(x, y)),
+      "sfda": ref("sfda_test", "_numpy_sfda", lambda x, y, p: (x, y)),
+      "parc": ref("parc_test", "_numpy_parc", lambda x, y, p: (x, y)),
+      # Ours runs scikit-learn's PCA and GaussianMixture itself: the same pipeline written
+      # out (tests/scores/nleep_test.py), so this row shows the overhead of our wrapper.
+      "nleep": ("scikit-learn PCA + GaussianMixture, then NumPy LEEP",
+                lambda x, y, xv, yv, c, p: _nleep_sklearn(x, y, c)),
   })
   return peers
+
+
+def _nleep_sklearn(x, y, c):
+  from model_search.scores import nleep  # pylint: disable=g-import-not-at-top
+  import nleep_test  # pylint: disable=g-import-not-at-top
+  k = nleep.default_num_components(len(np.unique(y)), y.shape[0])
+  return nleep_test._numpy_leep(nleep_test._sklearn_posteriors(x, k), y)  # pylint: disable=protected-access
 
 
 def _silhouette(x, y):

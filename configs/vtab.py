@@ -103,8 +103,10 @@ def get_config(arg=None):
   config.scores.linear = {"steps": 2500, "batch_size": 512}  # The paper's protocol.
   config.scores.knn = {"k": 1}
   # The feature-based scores of the literature. Left out by default: `hscore` (with n = 1000 <=
-  # d it returns C-1 for any features), `nleep` (a 5C-component GMM: minutes per item), and
-  # the gradient score `lgc` (loads the model and its images; add {'select': REGEX}).
+  # d it returns C-1 for any features), `nleep` (a 5C-component GMM: minutes per item), the
+  # gradient score `lgc` (loads the model and its images; add {'select': REGEX}), `rsa` (trains
+  # a probe CNN per task and input size) and `domain_similarity` (needs each model's upstream
+  # data, which only the mini zoo has here).
   for name in ("logme", "regularized_hscore", "leep", "nce", "transrate", "gbc", "lfc", "msc"):
     config.scores[name] = {}
 

@@ -395,22 +395,22 @@ def _sketch_statistics(prep, labels: np.ndarray, projection_dim: int) -> dict[st
   sorted_labels = labels[order]
   segments = _segments(sorted_labels, weights, c)
   carry = [jnp.zeros_like(m) for m in mean]
-  outputs = []
+  outputs, v = [], None  # v = sum_i g_i^2 per coordinate, accumulated on the device.
   for (images, w), (_, _, _, last_rows, keep) in zip(chunks, segments):
     gram, carry, sq_coords, quartic, z = stats_chunk(
         prep.sel, prep.rest, images, w, prep.directions, prep.salts, mean, sketch_mean,
         carry, last_rows, keep)
-    outputs.append((gram, sq_coords, quartic, z))
+    v = sq_coords if v is None else [x + y for x, y in zip(v, sq_coords)]
+    outputs.append((gram, quartic, z))
   # The exact statistics, from each chunk's Gram matrix of [g_1..g_c, t, mu] (float64).
-  s, a, class_sq, nc_mu_t, v = [], [], 0.0, 0.0, None
+  s, a, class_sq, nc_mu_t = [], [], 0.0, 0.0
   counts = np.bincount(labels)
-  for j, ((gram, sq_coords, _, _), (ids, carry_in, continues, _, _)) in enumerate(
+  for j, ((gram, _, _), (ids, carry_in, continues, _, _)) in enumerate(
       zip(outputs, segments)):
     g = np.asarray(gram, np.float64)
     w = weights[j * c:(j + 1) * c]
     s.append(np.diag(g)[:c])
     a.append(g[:c, c + 1])
-    v = sq_coords if v is None else [x + y for x, y in zip(v, sq_coords)]
     for k in range(int(ids[-1]) + 1):
       if k == int(ids[-1]) and continues:
         continue  # Finished in a later chunk, from its carried sum.
@@ -423,8 +423,8 @@ def _sketch_statistics(prep, labels: np.ndarray, projection_dim: int) -> dict[st
   keep = weights > 0
   s = np.concatenate(s)[keep]
   a = np.concatenate(a)[keep]
-  quartic = np.concatenate([np.asarray(o[2], np.float64) for o in outputs])[keep]
-  z = jnp.concatenate([o[3] for o in outputs], axis=1)[:, np.flatnonzero(keep)]  # [d, N]
+  quartic = np.concatenate([np.asarray(o[1], np.float64) for o in outputs])[keep]
+  z = jnp.concatenate([o[2] for o in outputs], axis=1)[:, np.flatnonzero(keep)]  # [d, N]
   d = float(projection_dim)
   v_sq = _dot64(v, v)
   # E sum_ij (z_i . z_j)^2 over the CountSketch, for columns g_i (see the module doc):
