@@ -34,6 +34,7 @@ import tf_keras
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from model_search.models import hub  # pylint: disable=g-import-not-at-top
+from model_search.scores import gradient_kernel
 from model_search.scores import lgc
 
 _N = flags.DEFINE_integer("num_examples", 1000, "Images scored (VTAB-1k train: 800).")
@@ -63,7 +64,7 @@ def _pass_time(model, images, select, chunk):
   """Seconds of one forward+backward pass over `images` w.r.t. the selected parameters."""
   chosen = set(lgc.select_params(model.params, select))
   flat, treedef = jax.tree_util.tree_flatten_with_path(model.params)
-  paths = ["/".join(lgc._key_name(k) for k in p) for p, _ in flat]  # pylint: disable=protected-access
+  paths = ["/".join(gradient_kernel.key_name(k) for k in p) for p, _ in flat]  # pylint: disable=protected-access
   mask = [p in chosen for p in paths]
   sel = [leaf for (_, leaf), m in zip(flat, mask) if m]
   rest = [leaf for (_, leaf), m in zip(flat, mask) if not m]

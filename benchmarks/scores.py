@@ -74,6 +74,10 @@ def best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 # ----------------------------------------------------------------------------
 # Peers that are programs, not formulas.
 
+_PEER_UNROLL = flags.DEFINE_integer(
+    "peer_unroll", 1, "lax.scan unroll of the linear peer's runs (1 was its fastest).")
+
+
 def linear_loop(x, y, xv, yv, c, steps=2500, batch_size=512):
   """The 10 linear-probe runs one after the other, each its own jitted scan."""
   from model_search.scores import linear  # pylint: disable=g-import-not-at-top
@@ -82,7 +86,8 @@ def linear_loop(x, y, xv, yv, c, steps=2500, batch_size=512):
   for i, lr in enumerate(linear.DEFAULT_LEARNING_RATES):
     for j, seed in enumerate(linear.DEFAULT_SEEDS):
       runs = linear.fit_sgd(xs, y, xvs, yv, num_classes=c, learning_rates=(lr,), seeds=(seed,),
-                            steps=steps, batch_size=batch_size, form="primal")
+                            steps=steps, batch_size=batch_size, form="primal",
+                            unroll=_PEER_UNROLL.value)
       accs[i, j] = runs.val_accuracy[0, 0]
   return float(np.median(accs.max(axis=0)))
 

@@ -53,7 +53,13 @@ gradients and one more product per example. Three paths, all streaming
   exactly in the same pass (v = sum_i g_i^2 per coordinate, sum_p g_ip^4 per
   example). Memory O(N d + chunk K P); the relative error of ||G||_F^2 falls
   as 1/sqrt(d) (on the tests' 164k-coordinate MLP: about 3% at d = 1024, 0.7%
-  at 8192, 0.2% at 65536), and only that term is estimated.
+  at 8192, 0.2% at 65536), and only that term is estimated. On ResNet-50's
+  last block (P = 4.5 M, N = 1000, K = 8, 2 CPU cores) it costs 9.4
+  forward+backward passes over the data and is within 0.2% of the exact value
+  on a block the exact path can hold (benchmarks/lgc.py, RESULTS.md). The
+  per-example gradients are laid out [K P, chunk]: the sketch then scatters
+  rows of `chunk` floats, and all exact statistics come from one
+  [chunk + 2]^2 Gram matrix of [g_1..g_c, the running class sum, mu].
 * matrix-free (`method='matrix_free'`): only products of the kernel, through
   batched `jax.vjp` (Phi^T r for weight vectors r: one backward per row and
   direction) and `jax.linearize` (Phi w for parameter-space tangents w).
@@ -89,11 +95,7 @@ N K P <= 2^26 floats, else the sketch with d = min(65536, 2^26 / N) (Z at most
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
-import re
-import zlib
 from typing import Any, Callable
 
 import jax
@@ -101,6 +103,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model_search.scores import common
+from model_search.scores import gradient_kernel as gk
 from model_search.scores import lfc as lfc_lib
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -112,193 +115,12 @@ REQUIRES = ("apply_fn", "params", "train_images")
 AUTO_MAX_EXACT_FLOATS = 2**26
 AUTO_PROJECTION_DIM = 65536
 
-
-def _key_name(key: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def flatten_params(params: Any) -> dict[str, Any]:
-  """Maps each leaf of a params pytree to its '/'-joined path.
-
-  Args:
-    params: a pytree (nested dicts as Flax makes them, lists, dataclasses...).
-
-  Returns:
-    {path: leaf} in tree order, e.g. {'head/kernel': ..., 'stage0_conv0/bias':
-    ...}; a flat dict already keyed by '/'-joined paths maps to itself.
-  """
-  flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  return {"/".join(_key_name(k) for k in path): leaf for path, leaf in flat}
-
-
-def param_paths(params: Any) -> list[str]:
-  """The '/'-joined paths of the leaves of `params`, in tree order."""
-  return list(flatten_params(params))
-
-
-def select_params(params: Any, select: str | None) -> list[str]:
-  """The paths of the floating-point parameters that `select` picks.
-
-  Args:
-    params: a params pytree.
-    select: a regex searched (`re.search`) in each '/'-joined path; None picks
-      every floating-point parameter.
-
-  Returns:
-    The selected paths, in tree order.
-
-  Raises:
-    ValueError: for an invalid regex, or when nothing is selected (the message
-      lists some of the paths there are).
-  """
-  flat = flatten_params(params)
-  floats = [p for p, leaf in flat.items()
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)]
-  try:
-    pattern = re.compile(select) if select is not None else None
-  except re.error as e:
-    raise ValueError(f"select={select!r} is not a valid regex: {e}") from e
-  chosen = [p for p in floats if pattern is None or pattern.search(p)]
-  if not chosen:
-    shown = ", ".join(floats[:12]) + (", ..." if len(floats) > 12 else "")
-    raise ValueError(
-        f"select={select!r} matches none of the {len(floats)} floating-point "
-        f"parameter paths ({shown or 'there are none'}); select is a regex "
-        "searched in each '/'-joined path, e.g. r'^head/kernel$'")
-  return chosen
-
-
-def output_directions(num_outputs: int, num_directions: int,
-                      seed: int = 0) -> jax.Array:
-  """The K unit output directions of seed `seed`: [num_directions, num_outputs]."""
-  # NumPy, not jax.random: K x D numbers need no compiled kernel, and the
-  # directions are the same on every backend.
-  u = np.random.default_rng([seed, 0]).standard_normal(
-      (num_directions, num_outputs))
-  return jnp.asarray(u / np.linalg.norm(u, axis=1, keepdims=True), jnp.float32)
-
-
-def _mix32(x):
-  """A 32-bit integer hash ("lowbias32", C. Wellons), on uint32 arrays."""
-  x = x ^ (x >> 16)
-  x = x * np.uint32(0x7FEB352D)
-  x = x ^ (x >> 15)
-  x = x * np.uint32(0x846CA68B)
-  return x ^ (x >> 16)
-
-
-def _leaf_salt(seed: int, path: str) -> np.uint32:
-  # By path, not position, so a leaf's sketch does not depend on what else
-  # is selected.
-  with np.errstate(over="ignore"):
-    x = np.uint32(zlib.crc32(path.encode())) ^ _mix32(
-        np.uint32(seed & 0xFFFFFFFF) * np.uint32(0x9E3779B1) + np.uint32(1))
-    return _mix32(np.uint32(x))
-
-
-def _sketch(rows, salts, projection_dim: int):
-  """CountSketch [c, d] of per-leaf rows [c, K p_l] (lists over leaves).
-
-  Coordinate j of leaf l goes to bucket h % d with sign +-1 from the top bit
-  of a second hash, h = mix(mix(j) ^ salt_l). Computed here rather than
-  stored: O(1) memory, a few integer ops per coordinate. mix(j) is a
-  bijection, so two leaves' hash inputs coincide only at scattered
-  coordinates, never along a shifted range.
-  """
-  # All leaves in one pass: XLA:CPU compiles each scatter and each integer
-  # elementwise chain slowly, so one of each instead of one per leaf.
-  index = jnp.concatenate([jax.lax.iota(jnp.uint32, r.shape[1]) for r in rows])
-  salt = jnp.concatenate([jnp.full((r.shape[1],), s, jnp.uint32)
-                          for r, s in zip(rows, salts)])
-  h = _mix32(_mix32(index) ^ salt)
-  bucket = (h % np.uint32(projection_dim)).astype(jnp.int32)
-  sign = 1.0 - 2.0 * (_mix32(h ^ np.uint32(0x9E3779B9)) >> 31).astype(
-      jnp.float32)
-  values = jnp.concatenate(rows, axis=1) * sign
-  z = jnp.zeros((values.shape[0], projection_dim), jnp.float32)
-  return z.at[:, bucket].add(values)
-
-
-def _dot64(a, b) -> float:
-  """sum over leaves of a_l . b_l, in float64 on the host."""
-  return float(sum(np.dot(np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel())
-                   for x, y in zip(a, b)))
-
-
-def _merge_fn(treedef, selected):
-  def merge(sel_leaves, rest_leaves):
-    sel, rest = iter(sel_leaves), iter(rest_leaves)
-    leaves = [next(sel) if s else next(rest) for s in selected]
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-  return merge
-
-
-@functools.lru_cache(maxsize=64)
-def _stat_fns(apply_fn: Callable[..., Any], treedef,
-              selected: tuple[bool, ...], projection_dim: int | None):
-  """Jitted chunk functions of the statistics paths (sketch and matrix-free)."""
-  merge = _merge_fn(treedef, selected)
-
-  def forward(sel_leaves, rest_leaves, images):
-    y = apply_fn(merge(sel_leaves, rest_leaves), images)
-    return jnp.reshape(y, (images.shape[0], -1)).astype(jnp.float32)
-
-  def weighted_sums(sel_leaves, rest_leaves, images, weights, directions):
-    # sum_i w_ri Phi_i for each weight row r: leaves [R, K p_l], one forward.
-    _, vjp = jax.vjp(lambda s: forward(s, rest_leaves, images), sel_leaves)
-    k = directions.shape[0]
-    ct = weights[:, None, :, None] * directions[None, :, None, :]  # [R, K, c, D]
-    grads = jax.vmap(jax.vmap(lambda t: vjp(t)[0]))(ct)
-    return [jnp.reshape(g, (weights.shape[0], -1)) / math.sqrt(k) for g in grads]
-
-  def tangent_products(sel_leaves, rest_leaves, images, tangents, directions):
-    # Phi_i . w_t for each tangent t (leaves [T, K p_l]): [T, c]. One linearisation,
-    # T K forward-mode products.
-    k = directions.shape[0]
-    _, jvp = jax.linearize(lambda s: forward(s, rest_leaves, images), sel_leaves)
-
-    def one(tangent):  # leaves [K p_l] -> [c]
-      def per_direction(i):
-        t = [jnp.reshape(jax.lax.dynamic_index_in_dim(leaf.reshape(k, -1), i, 0, False),
-                         s.shape) for leaf, s in zip(tangent, sel_leaves)]
-        return jvp(t) @ directions[i]
-      return jnp.sum(jax.vmap(per_direction)(jnp.arange(k)), axis=0) / math.sqrt(k)
-
-    return jax.vmap(one)(tangents)
-
-  def example_grads(sel_leaves, rest_leaves, image, directions):
-    _, vjp = jax.vjp(lambda s: forward(s, rest_leaves, image[None])[0], sel_leaves)
-    return jax.vmap(lambda u: vjp(u)[0])(directions)  # leaves [K, *shape]
-
-  def stats_chunk(sel_leaves, rest_leaves, images, weights, directions, salts, mean,
-                  sketch_mean, carry, last_rows, keep_carry):
-    # Per-example gradients with the examples last: leaves [K p_l, c]. In this layout the
-    # products below are matrix products and the sketch scatters rows of c floats, which
-    # XLA:CPU runs an order of magnitude faster than the [c, K p_l] layout.
-    grads = jax.vmap(example_grads, in_axes=(None, None, 0, None), out_axes=-1)(
-        sel_leaves, rest_leaves, images, directions)
-    c, k = images.shape[0], directions.shape[0]
-    rows = [jnp.reshape(x, (-1, c)) / math.sqrt(k) for x in grads]  # Phi^T, leaf by leaf.
-    # Centred columns g_i = Phi_i - mu (zero for padding), for the exact statistics: one
-    # Gram matrix of [g_1..g_c, t, mu] (t: the open class's running sum of g) gives ||g_i||^2,
-    # a_i = mu . g_i and every class's ||t_c||^2 and mu . t_c without cancellation.
-    centred = [(x - m[:, None]) * weights for x, m in zip(rows, mean)]
-    cols = [jnp.concatenate([x, t[:, None], m[:, None]], axis=1)
-            for x, t, m in zip(centred, carry, mean)]
-    gram = sum(jnp.matmul(m.T, m, precision=_HIGHEST) for m in cols)  # [c + 2, c + 2]
-    new_carry = [keep_carry * t + jnp.matmul(x, last_rows, precision=_HIGHEST)
-                 for x, t in zip(centred, carry)]
-    sq_coords = [jnp.sum(x * x, axis=1) for x in centred]  # sum_i g_i^2, per coordinate.
-    quartic = sum(jnp.sum(jnp.square(x * x), axis=0) for x in centred)  # sum_p g_ip^4.
-    z = None
-    if projection_dim is not None:  # CountSketch of g_i: S Phi_i - S mu (S is linear).
-      z = (_sketch_columns(rows, salts, projection_dim) - sketch_mean[:, None]) * weights
-    return gram, new_carry, sq_coords, quartic, z
-
-  return jax.jit(weighted_sums), jax.jit(tangent_products), jax.jit(stats_chunk)
+# The parameter-selection and gradient helpers, from gradient_kernel.py.
+flatten_params = gk.flatten_params
+param_paths = gk.param_paths
+select_params = gk.select_params
+output_directions = gk.output_directions
+gradient_features = gk.gradient_features
 
 
 def _segments(labels_sorted: np.ndarray, weights: np.ndarray, c: int):
@@ -384,14 +206,14 @@ def _mean_gradient(weighted_sums, prep, chunks):
 
 def _sketch_statistics(prep, labels: np.ndarray, projection_dim: int) -> dict[str, Any]:
   """Kernel statistics with the class terms exact and ||G||_F^2 from a debiased sketch."""
-  weighted_sums, _, stats_chunk = _stat_fns(prep.apply_fn, prep.treedef, prep.mask,
+  weighted_sums, _, stats_chunk = gk.stat_fns(prep.apply_fn, prep.treedef, prep.mask,
                                             projection_dim)
   c = prep.chunk
   order, weights, sizes = _sorted_chunks(labels, c, per_class=False)
   chunks = [(prep.take(order[i * c:(i + 1) * c]), weights[i * c:(i + 1) * c])
             for i in range(len(sizes))]
   mean = _mean_gradient(weighted_sums, prep, chunks)
-  sketch_mean = _sketch_vector(mean, prep.salts, projection_dim)
+  sketch_mean = gk.sketch_vector(mean, prep.salts, projection_dim)
   sorted_labels = labels[order]
   segments = _segments(sorted_labels, weights, c)
   carry = [jnp.zeros_like(m) for m in mean]
@@ -426,7 +248,7 @@ def _sketch_statistics(prep, labels: np.ndarray, projection_dim: int) -> dict[st
   quartic = np.concatenate([np.asarray(o[1], np.float64) for o in outputs])[keep]
   z = jnp.concatenate([o[2] for o in outputs], axis=1)[:, np.flatnonzero(keep)]  # [d, N]
   d = float(projection_dim)
-  v_sq = _dot64(v, v)
+  v_sq = gk.dot64(v, v)
   # E sum_ij (z_i . z_j)^2 over the CountSketch, for columns g_i (see the module doc):
   #   sum_ij (g_i.g_j)^2 (1 + 1/d) + ((sum_i s_i)^2 - 2 ||v||^2) / d,
   # v = sum_i g_i^2 per coordinate. The diagonal (i = j) is known exactly (s_i^2), so
@@ -438,7 +260,7 @@ def _sketch_statistics(prep, labels: np.ndarray, projection_dim: int) -> dict[st
   frobenius = float(np.sum(s * s) + (off - off_bias) / (1.0 + 1.0 / d))
   return {"counts": counts[counts > 0], "nc_mu_t": nc_mu_t, "class_sq": class_sq,
           "a_sq": float(np.sum(a * a)), "centred_sq": float(np.sum(s)),
-          "mean_sq": _dot64(mean, mean), "frobenius": frobenius,
+          "mean_sq": gk.dot64(mean, mean), "frobenius": frobenius,
           "frobenius_floor": float(np.sum(s * s))}
 
 
@@ -479,7 +301,7 @@ def _centred_products(tangent_products, prep, mean, sums, weights_sum):
 def _matrix_free_statistics(prep, labels: np.ndarray, num_probes: int,
                             seed: int) -> dict[str, Any]:
   """Kernel statistics from vjp / jvp products only; tr(G) and ||G||_F^2 by Hutch++."""
-  weighted_sums, tangent_products, _ = _stat_fns(prep.apply_fn, prep.treedef, prep.mask,
+  weighted_sums, tangent_products, _ = gk.stat_fns(prep.apply_fn, prep.treedef, prep.mask,
                                                  None)
   add = lambda a, b: b if a is None else [x + y for x, y in zip(a, b)]
   rng = np.random.default_rng([seed, 1])
@@ -501,17 +323,17 @@ def _matrix_free_statistics(prep, labels: np.ndarray, num_probes: int,
     cls = labels[idx[0]]
     if j + 1 == len(sizes) or labels[order[starts[j + 1]]] != cls:  # Class complete.
       n_c = float(np.sum(labels == cls))
-      class_sum_sq += _dot64(class_sum, class_sum)
+      class_sum_sq += gk.dot64(class_sum, class_sum)
       total = add(total, class_sum)
       weighted = add(weighted, [n_c * t for t in class_sum])
       class_sum = None
   mean = [t / prep.n for t in total]
-  mean_sq = _dot64(mean, mean)
+  mean_sq = gk.dot64(mean, mean)
   # t_c = S_c - n_c mu, so with W = sum_c n_c S_c:
   #   sum_c ||t_c||^2 = sum_c ||S_c||^2 - 2 mu . W + ||mu||^2 sum_c n_c^2,
   #   sum_c n_c mu . t_c = mu . W - ||mu||^2 sum_c n_c^2.
   counts = np.bincount(labels)
-  mu_w = _dot64(mean, weighted)
+  mu_w = gk.dot64(mean, weighted)
   nc_sq = float(np.sum(counts.astype(np.float64) ** 2))
   # Sweep 2: a_i = Phi_i . mu - ||mu||^2 and G Z for the range probes Z.
   a = _jvp_sweep(tangent_products, prep, [m[None] for m in mean])[0] - mean_sq
@@ -538,194 +360,6 @@ def _matrix_free_statistics(prep, labels: np.ndarray, num_probes: int,
           "mean_sq": mean_sq,
           "frobenius": float(np.sum(g_q * g_q) + np.mean(np.sum(g_rest * g_rest, axis=1))),
           "frobenius_floor": 0.0}
-
-
-@dataclasses.dataclass
-class _Prepared:
-  """A model and its images, split for the chunk functions."""
-  apply_fn: Callable[..., Any]
-  treedef: Any
-  mask: tuple[bool, ...]
-  sel: list[Any]
-  rest: list[Any]
-  directions: jax.Array
-  salts: list[Any]
-  images: Any
-  n: int
-  chunk: int
-
-  def take(self, index):
-    """The images at `index` (host images stay on the host until used)."""
-    return self.images[np.asarray(index)]
-
-
-def _check_int(name, value, low):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-    raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-def _prepare(apply_fn, params, images, *, select, num_directions, seed,
-             chunk_size) -> _Prepared:
-  """Validates the options and splits the parameters into selected and the rest."""
-  for name, value, low in (("num_directions", num_directions, 1),
-                           ("chunk_size", chunk_size, 1), ("seed", seed, 0)):
-    _check_int(name, value, low)
-  if not callable(apply_fn):
-    raise ValueError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
-  xp = jnp if isinstance(images, jax.Array) else np
-  images = xp.asarray(images)
-  if images.ndim < 1 or images.shape[0] < 1:
-    raise ValueError(f"images must be [N, ...] with N >= 1, got shape "
-                     f"{images.shape}")
-  chosen = set(select_params(params, select))
-  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-  paths = ["/".join(_key_name(k) for k in path) for path, _ in flat]
-  mask = tuple(p in chosen for p in paths)
-  sel = [jnp.asarray(leaf) for (_, leaf), m in zip(flat, mask) if m]
-  rest = [leaf for (_, leaf), m in zip(flat, mask) if not m]
-  out = jax.eval_shape(apply_fn, params, images[:1])
-  if not hasattr(out, "shape") or not out.shape or out.shape[0] != 1:
-    raise ValueError("apply_fn(params, images) must return one row per image "
-                     f"([N, D]); for 1 image it returned {out}")
-  num_outputs = int(np.prod(out.shape[1:]))
-  if int(num_directions) * sum(int(np.size(leaf)) for leaf in sel) >= 2**31:
-    raise ValueError("num_directions x the number of selected parameters must "
-                     "be < 2^31; select fewer parameters")
-  return _Prepared(
-      apply_fn=apply_fn, treedef=treedef, mask=mask, sel=sel, rest=rest,
-      directions=output_directions(num_outputs, int(num_directions), seed),
-      salts=[jnp.asarray(_leaf_salt(seed, p)) for p, m in zip(paths, mask) if m],
-      images=images, n=int(images.shape[0]), chunk=min(int(chunk_size), int(images.shape[0])))
-
-
-def _sketch_columns(cols, salts, projection_dim: int):
-  """CountSketch [d, c] of per-leaf columns [K p_l, c]: the buckets and signs of `_sketch`
-  (which sketches rows), scattering rows of c floats, one leaf at a time."""
-  z = jnp.zeros((projection_dim, cols[0].shape[1]), jnp.float32)
-  for x, salt in zip(cols, salts):
-    h = _mix32(_mix32(jax.lax.iota(jnp.uint32, x.shape[0])) ^ salt)
-    bucket = (h % np.uint32(projection_dim)).astype(jnp.int32)
-    sign = 1.0 - 2.0 * (_mix32(h ^ np.uint32(0x9E3779B9)) >> 31).astype(jnp.float32)
-    z = z.at[bucket].add(x * sign[:, None])
-  return z
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _sketch_vector(leaves, salts, projection_dim: int):
-  """CountSketch [d] of one vector given as leaves [K p_l]."""
-  return _sketch_columns([x[:, None] for x in leaves], salts, projection_dim)[:, 0]
-
-
-@functools.lru_cache(maxsize=64)
-def _chunk_fns(apply_fn: Callable[..., Any], treedef,
-               selected: tuple[bool, ...], projection_dim: int | None):
-  """Jitted (mean-gradient chunk, rows chunk) functions for one model."""
-  merge = _merge_fn(treedef, selected)
-
-  def forward(sel_leaves, rest_leaves, images):
-    y = apply_fn(merge(sel_leaves, rest_leaves), images)
-    return jnp.reshape(y, (images.shape[0], -1)).astype(jnp.float32)
-
-  def mean_chunk(sel_leaves, rest_leaves, images, weights, directions):
-    # sum_i w_i g_i^(k) for every k from one batched forward: leaves [K p_l].
-    _, vjp = jax.vjp(lambda s: forward(s, rest_leaves, images), sel_leaves)
-    cotangents = weights[None, :, None] * directions[:, None, :]  # [K, c, D]
-    grads = jax.vmap(lambda ct: vjp(ct)[0])(cotangents)
-    return [jnp.reshape(g, (-1,)).astype(jnp.float32) for g in grads]
-
-  def example_grads(sel_leaves, rest_leaves, image, directions):
-    _, vjp = jax.vjp(lambda s: forward(s, rest_leaves, image[None])[0],
-                     sel_leaves)
-    # One cotangent per direction: leaves [K, *shape].
-    return jax.vmap(lambda u: vjp(u)[0])(directions)
-
-  def rows_chunk(sel_leaves, rest_leaves, images, directions, salts, mean):
-    grads = jax.vmap(example_grads, in_axes=(None, None, 0, None))(
-        sel_leaves, rest_leaves, images, directions)
-    c, k = images.shape[0], directions.shape[0]
-    rows = [jnp.reshape(g, (c, -1)).astype(jnp.float32) / math.sqrt(k)
-            for g in grads]  # Phi's columns, leaf by leaf.
-    if projection_dim is None:
-      return jnp.concatenate(rows, axis=1)
-    # Phi_i = b_i m / ||m||^2 + (the rest, orthogonal to m): the first part
-    # exactly as one coordinate b_i / ||m||, the rest sketched, using
-    # S(rest) = S(Phi_i) - b_i S(m) / ||m||^2 (S is linear).
-    b = sum(jnp.matmul(row, m, precision=jax.lax.Precision.HIGHEST)
-            for row, m in zip(rows, mean))  # [c] = Phi_i . m
-    m_sq = sum(jnp.sum(m * m) for m in mean)
-    inv = jnp.where(m_sq > 0, 1.0 / m_sq, 0.0)
-    # S(m) is sketched with the chunk, as its last row: one more example.
-    z = _sketch([jnp.concatenate([row, m[None]]) for row, m in zip(rows, mean)],
-                salts, projection_dim)
-    z = z[:c] - (b * inv)[:, None] * z[c]
-    return jnp.concatenate([z, (b * jnp.sqrt(inv))[:, None]], axis=1)
-
-  return jax.jit(mean_chunk), jax.jit(rows_chunk)
-
-
-def gradient_features(apply_fn: Callable[..., Any], params: Any, images, *,
-                      select: str | None = None,
-                      projection_dim: int | None = None,
-                      num_directions: int = 8, seed: int = 0,
-                      chunk_size: int = 16) -> jax.Array:
-  """Rows whose Gram matrix is the gradient kernel Theta (see module doc).
-
-  Args:
-    apply_fn: `apply_fn(params, images) -> [N, D]` (other output shapes are
-      flattened per example).
-    params: the parameters `apply_fn` takes (a pytree).
-    images: [N, ...] inputs; `apply_fn` sees batches of one image (and, for
-      the sketch's mean gradient, chunks).
-    select: regex picking parameters by '/'-joined path; None: all.
-    projection_dim: None for Phi itself ([N, K P], Phi Phi^T = Theta); an int d
-      for Z [N, d + 1] with E[Z Z^T] = Theta: the component of Phi_i along the
-      mean gradient m exactly (last column, Phi_i . m / ||m||) and the rest
-      CountSketched to d columns.
-    num_directions: K, the number of unit output directions.
-    seed: fixes the directions and the sketch.
-    chunk_size: examples whose per-example gradients ([chunk, K, P]) are held
-      at once.
-
-  Returns:
-    [N, K P] (exact) or [N, d + 1] (sketched) float32 rows.
-
-  Raises:
-    ValueError: for bad options, a `select` that matches nothing or an
-      `apply_fn` whose outputs do not have one row per image.
-  """
-  if projection_dim is not None:
-    _check_int("projection_dim", projection_dim, 1)
-  prep = _prepare(apply_fn, params, images, select=select,
-                  num_directions=num_directions, seed=seed, chunk_size=chunk_size)
-  treedef, mask, sel, rest = prep.treedef, prep.mask, prep.sel, prep.rest
-  directions, salts, images, n = prep.directions, prep.salts, prep.images, prep.n
-  xp = jnp if isinstance(images, jax.Array) else np
-  # The mean pass does not depend on d: share its compiled function.
-  mean_fn = _chunk_fns(apply_fn, treedef, mask, None)[0]
-  rows_fn = _chunk_fns(apply_fn, treedef, mask,
-                       None if projection_dim is None else int(projection_dim))[1]
-
-  c = min(int(chunk_size), n)
-  num_chunks = -(-n // c)
-  pad = num_chunks * c - n
-  if pad:  # Repeat the last image so every chunk has one compiled shape.
-    images = xp.concatenate(
-        [images, xp.repeat(images[-1:], pad, axis=0)], axis=0)
-  chunks = [images[i * c:(i + 1) * c] for i in range(num_chunks)]
-  mean = []
-  if projection_dim is not None:
-    # The sketch's error scales with what it sketches; gradients share a large
-    # mean (often most of their norm), which is handled exactly instead. (Any
-    # m keeps E[Z Z^T] = Theta; the exact mean makes the sketched part small.)
-    weights = np.ones(num_chunks * c, np.float32)
-    weights[n:] = 0.0  # Padding rows.
-    for i, chunk in enumerate(chunks):
-      part = mean_fn(sel, rest, chunk, weights[i * c:(i + 1) * c], directions)
-      mean = part if not mean else [m + p for m, p in zip(mean, part)]
-    mean = [m / (n * math.sqrt(num_directions)) for m in mean]
-  rows = [rows_fn(sel, rest, chunk, directions, salts, mean)
-          for chunk in chunks]
-  return jnp.concatenate(rows, axis=0)[:n]
 
 
 METHODS = ("exact", "sketch", "matrix_free")
@@ -786,20 +420,20 @@ def lgc(apply_fn: Callable[..., Any], params: Any, images, labels, *,
   y, _ = lfc_lib.check_labels(labels, n, num_classes=num_classes, what="images")
   y = np.asarray(y).astype(np.int64)
   if projection_dim is not None:
-    _check_int("projection_dim", projection_dim, 1)
+    gk.check_int("projection_dim", projection_dim, 1)
   method = _method(method, projection_dim)
   what = f"per-example gradients (select={select!r})"
   if method == "exact":
-    phi = gradient_features(apply_fn, params, images, select=select,
+    phi = gk.gradient_features(apply_fn, params, images, select=select,
                             num_directions=num_directions, seed=seed,
                             chunk_size=chunk_size)
     return lfc_lib.kernel_label_correlation(phi, y, num_classes=num_classes, what=what)
-  prep = _prepare(apply_fn, params, images, select=select,
+  prep = gk.prepare(apply_fn, params, images, select=select,
                   num_directions=num_directions, seed=seed, chunk_size=chunk_size)
   if method == "sketch":
     stats = _sketch_statistics(prep, y, int(projection_dim))
   else:
-    _check_int("num_probes", num_probes, 1)
+    gk.check_int("num_probes", num_probes, 1)
     stats = _matrix_free_statistics(prep, y, int(num_probes), seed)
   return _correlation(stats, what)
 
@@ -829,9 +463,9 @@ def score(inputs: common.ScoreInputs, *, select: str | None = None,
     'num_selected_params': P, 'num_selected_leaves': selected arrays}.
   """
   inputs.require("apply_fn", "params", "train_images", score="lgc")
-  chosen = set(select_params(inputs.params, select))
+  chosen = set(gk.select_params(inputs.params, select))
   num_params = sum(int(np.size(leaf)) for p, leaf in
-                   flatten_params(inputs.params).items() if p in chosen)
+                   gk.flatten_params(inputs.params).items() if p in chosen)
   if method == "matrix_free":
     projection_dim = None
   elif isinstance(projection_dim, str):

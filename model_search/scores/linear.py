@@ -36,6 +36,9 @@ DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 DEFAULT_L2_REGS = tuple(float(2.0**e) for e in range(-10, 20, 2))
 # Full float32 matmuls, so scores agree across CPU, GPU (TF32) and TPU (bf16).
 _HIGHEST = jax.lax.Precision.HIGHEST
+# SGD steps per iteration of the compiled loop (lax.scan's unroll): the same arithmetic, less
+# loop overhead. 4 was fastest for the vmapped kernel form on CPU (benchmarks/RESULTS.md).
+DEFAULT_UNROLL = 4
 
 
 def standardize(train_x, *others):
@@ -112,9 +115,9 @@ def _loss(params, x, y, weight_decay, num_classes):
 
 
 @functools.partial(jax.jit,
-                   static_argnames=("num_classes", "steps", "batch_size"))
+                   static_argnames=("num_classes", "steps", "batch_size", "unroll"))
 def _fit_sgd(train_x, train_y, val_x, val_y, learning_rates, seeds, momentum,
-             weight_decay, *, num_classes, steps, batch_size):
+             weight_decay, *, num_classes, steps, batch_size, unroll):
   n, d = train_x.shape
 
   def run(lr, key):
@@ -133,7 +136,7 @@ def _fit_sgd(train_x, train_y, val_x, val_y, learning_rates, seeds, momentum,
       return (optax.apply_updates(params, updates), opt_state), None
 
     (params, _), _ = jax.lax.scan(step, (params, opt.init(params)),
-                                  jnp.arange(steps))
+                                  jnp.arange(steps), unroll=unroll)
     logits = jnp.matmul(val_x, params["w"], precision=_HIGHEST) + params["b"]
     num_correct = jnp.sum(jnp.argmax(logits, axis=1) == val_y)
     return params["w"], params["b"], num_correct
@@ -145,9 +148,9 @@ def _fit_sgd(train_x, train_y, val_x, val_y, learning_rates, seeds, momentum,
 
 
 @functools.partial(jax.jit,
-                   static_argnames=("num_classes", "steps", "batch_size"))
+                   static_argnames=("num_classes", "steps", "batch_size", "unroll"))
 def _fit_sgd_kernel(train_x, train_y, val_x, val_y, learning_rates, seeds, momentum,
-                    weight_decay, *, num_classes, steps, batch_size):
+                    weight_decay, *, num_classes, steps, batch_size, unroll):
   """`_fit_sgd` in the span of the training features: W = X^T A, A [N, C].
 
   From W = 0, every SGD update of W is X_b^T G_b (+ weight_decay * W) = X^T (scatter(G_b) +
@@ -178,7 +181,8 @@ def _fit_sgd_kernel(train_x, train_y, val_x, val_y, learning_rates, seeds, momen
       updates, opt_state = opt.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None
 
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps))
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps),
+                                  unroll=unroll)
     logits = jnp.matmul(val_gram, params["a"], precision=_HIGHEST) + params["b"]
     num_correct = jnp.sum(jnp.argmax(logits, axis=1) == val_y)
     weights = jnp.matmul(train_x.T, params["a"], precision=_HIGHEST)
@@ -194,7 +198,8 @@ def fit_sgd(train_x, train_y, val_x, val_y, *, num_classes: int,
             learning_rates: Sequence[float] = DEFAULT_LEARNING_RATES,
             steps: int = 2500, batch_size: int = 512,
             seeds: Sequence[int] = DEFAULT_SEEDS, momentum: float = 0.9,
-            weight_decay: float = 0.0, form: str = "auto") -> SgdRuns:
+            weight_decay: float = 0.0, form: str = "auto",
+            unroll: int = DEFAULT_UNROLL) -> SgdRuns:
   """Trains one softmax classifier per (learning rate, seed), all at once.
 
   Each run: weights and bias start at zero; `steps` steps of SGD with momentum
@@ -218,6 +223,7 @@ def fit_sgd(train_x, train_y, val_x, val_y, *, num_classes: int,
     weight_decay: L2 penalty coefficient on the weights.
     form: 'primal' (the weights W [D, C]), 'kernel' (W = X^T A with A [N, C]: the same
       iterates, cheaper when N <= D, see `_fit_sgd_kernel`) or 'auto' (kernel when N <= D).
+    unroll: SGD steps per iteration of the compiled loop (speed only).
 
   Returns:
     SgdRuns with weights [L, S, D, C], biases [L, S, C] and val_accuracy
@@ -234,7 +240,7 @@ def fit_sgd(train_x, train_y, val_x, val_y, *, num_classes: int,
       jnp.asarray(seeds, jnp.uint32).reshape(-1),
       jnp.float32(momentum), jnp.float32(weight_decay),
       num_classes=int(num_classes), steps=int(steps),
-      batch_size=int(batch_size))
+      batch_size=int(batch_size), unroll=int(unroll))
   return SgdRuns(weights, biases, np.asarray(num_correct) / np.shape(val_y)[0])
 
 

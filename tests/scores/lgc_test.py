@@ -8,6 +8,7 @@ from scipy import stats
 
 from model_search import scores
 from model_search.scores import lfc
+from model_search.scores import gradient_kernel
 from model_search.scores import lgc
 
 N, D_IN, D_HID, D_OUT, C = 40, 5, 7, 4, 3
@@ -312,7 +313,7 @@ def test_statistics_paths_compute_the_class_terms_exactly(method):
   x, y = _data(8)
   phi = lgc.gradient_features(_mlp, params, x)
   want = _exact_statistics(phi, y)
-  prep = lgc._prepare(_mlp, params, x, select=None, num_directions=8, seed=0,  # pylint: disable=protected-access
+  prep = gradient_kernel.prepare(_mlp, params, x, select=None, num_directions=8, seed=0,  # pylint: disable=protected-access
                       chunk_size=7)  # Chunks that split classes.
   if method == "sketch":
     got = lgc._sketch_statistics(prep, y.astype(np.int64), 16)  # pylint: disable=protected-access
@@ -342,7 +343,7 @@ def test_sketch_frobenius_estimate_is_unbiased():
   want = _exact_statistics(lgc.gradient_features(_mlp, params, x), y)["frobenius"]
   got = []
   for seed in range(24):
-    prep = lgc._prepare(_mlp, params, x, select=None, num_directions=8, seed=seed,  # pylint: disable=protected-access
+    prep = gradient_kernel.prepare(_mlp, params, x, select=None, num_directions=8, seed=seed,  # pylint: disable=protected-access
                         chunk_size=16)
     got.append(lgc._sketch_statistics(prep, y.astype(np.int64), 64)["frobenius"])  # pylint: disable=protected-access
   got = np.array(got)
