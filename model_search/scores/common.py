@@ -245,6 +245,26 @@ def check_result(result: Any, *, score: str,
   return out
 
 
+def check_matrix(x, *, score: str, name: str = "features", dtype=np.float64) -> np.ndarray:
+  """A non-empty, numeric, finite [N, D] NumPy array of `dtype` (for NumPy-side scores).
+
+  Raises:
+    ValueError: naming the score and the argument, for a bad shape or dtype, or NaN / inf
+      values (after conversion to `dtype`).
+  """
+  a = np.asarray(x)
+  if a.ndim != 2 or 0 in a.shape:
+    raise ValueError(f"{score}: {name} must be a non-empty [N, D] array, got shape {a.shape}")
+  if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+    raise ValueError(f"{score}: {name} must be numeric, got dtype {a.dtype}")
+  with np.errstate(over="ignore"):  # Overflow to inf is reported below.
+    a = a.astype(dtype, copy=False)
+  if not np.all(np.isfinite(a)):
+    raise ValueError(f"{score}: {name} contain {int(np.sum(~np.isfinite(a)))} NaN or inf "
+                     f"values (after conversion to {np.dtype(dtype).name})")
+  return a
+
+
 def check_features_labels(features, labels, *, num_classes: int | None = None,
                           score: str):
   """Validates the features and labels a feature-based score's math function takes.

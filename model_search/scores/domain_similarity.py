@@ -69,19 +69,7 @@ REQUIRES = ("source_features", "source_labels")
 
 def _check_features(features, name: str) -> np.ndarray:
   """[N, D] finite numeric features as float64 NumPy (N, D >= 1)."""
-  x = np.asarray(features)
-  if x.ndim != 2 or 0 in x.shape:
-    raise ValueError(f"domain_similarity: {name} must be a non-empty [N, D] "
-                     f"array, got shape {x.shape}")
-  if not (np.issubdtype(x.dtype, np.floating) or
-          np.issubdtype(x.dtype, np.integer)):
-    raise ValueError(f"domain_similarity: {name} must be numeric, got dtype "
-                     f"{x.dtype}")
-  x = x.astype(np.float64, copy=False)
-  if not np.all(np.isfinite(x)):
-    raise ValueError(f"domain_similarity: {name} contain "
-                     f"{int(np.sum(~np.isfinite(x)))} NaN or inf values")
-  return x
+  return common.check_matrix(features, score="domain_similarity", name=name)
 
 
 def class_means(features, labels) -> tuple[np.ndarray, np.ndarray]:

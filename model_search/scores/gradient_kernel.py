@@ -146,15 +146,21 @@ def _merge_fn(treedef, selected):
   return merge
 
 
-@functools.lru_cache(maxsize=64)
-def stat_fns(apply_fn: Callable[..., Any], treedef,
-              selected: tuple[bool, ...], projection_dim: int | None):
-  """Jitted chunk functions of the statistics paths (sketch and matrix-free)."""
+def _forward_fn(apply_fn, treedef, selected):
+  """forward(selected leaves, other leaves, images) -> [c, D] float32 outputs."""
   merge = _merge_fn(treedef, selected)
 
   def forward(sel_leaves, rest_leaves, images):
     y = apply_fn(merge(sel_leaves, rest_leaves), images)
     return jnp.reshape(y, (images.shape[0], -1)).astype(jnp.float32)
+  return forward
+
+
+@functools.lru_cache(maxsize=64)
+def stat_fns(apply_fn: Callable[..., Any], treedef,
+              selected: tuple[bool, ...], projection_dim: int | None):
+  """Jitted chunk functions of the statistics paths (sketch and matrix-free)."""
+  forward = _forward_fn(apply_fn, treedef, selected)
 
   def weighted_sums(sel_leaves, rest_leaves, images, weights, directions):
     # sum_i w_ri Phi_i for each weight row r: leaves [R, K p_l], one forward.
@@ -291,11 +297,7 @@ def sketch_vector(leaves, salts, projection_dim: int):
 def _chunk_fns(apply_fn: Callable[..., Any], treedef,
                selected: tuple[bool, ...], projection_dim: int | None):
   """Jitted (mean-gradient chunk, rows chunk) functions for one model."""
-  merge = _merge_fn(treedef, selected)
-
-  def forward(sel_leaves, rest_leaves, images):
-    y = apply_fn(merge(sel_leaves, rest_leaves), images)
-    return jnp.reshape(y, (images.shape[0], -1)).astype(jnp.float32)
+  forward = _forward_fn(apply_fn, treedef, selected)
 
   def mean_chunk(sel_leaves, rest_leaves, images, weights, directions):
     # sum_i w_i g_i^(k) for every k from one batched forward: leaves [K p_l].

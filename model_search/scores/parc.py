@@ -173,18 +173,7 @@ def _rank_sums(x, y, *, num_components: int | None, chunk: int):
 
 def _check_inputs(features, labels, num_classes, num_components):
   """Validates; returns (float32 features, int32 labels, class counts)."""
-  x = np.asarray(features)
-  if x.ndim != 2 or 0 in x.shape:
-    raise ValueError(f"parc: features must be a non-empty [N, D] array, got "
-                     f"shape {x.shape}")
-  if not (np.issubdtype(x.dtype, np.floating) or
-          np.issubdtype(x.dtype, np.integer)):
-    raise ValueError(f"parc: features must be numeric, got dtype {x.dtype}")
-  with np.errstate(over="ignore"):  # Overflow to inf is reported below.
-    x = x.astype(np.float32)
-  if not np.all(np.isfinite(x)):
-    raise ValueError("parc: features contain NaN or inf (after conversion to "
-                     "float32)")
+  x = common.check_matrix(features, score="parc", dtype=np.float32)
   y = np.asarray(labels)
   if y.ndim != 1 or y.shape[0] != x.shape[0]:
     raise ValueError(f"parc: labels must be [N] with N = {x.shape[0]} (the "

@@ -196,16 +196,7 @@ def _sfda(x, y, counts, shrinkage, decay, min_shrinkage, *, num_classes: int,
 
 def _check_inputs(features, labels, num_classes):
   """Validates; returns (float64 features, labels relabelled 0..K-1, counts)."""
-  x = np.asarray(features)
-  if x.ndim != 2 or 0 in x.shape:
-    raise ValueError(f"sfda: features must be a non-empty [N, D] array, got "
-                     f"shape {x.shape}")
-  if not (np.issubdtype(x.dtype, np.floating) or
-          np.issubdtype(x.dtype, np.integer)):
-    raise ValueError(f"sfda: features must be numeric, got dtype {x.dtype}")
-  x = x.astype(np.float64)
-  if not np.all(np.isfinite(x)):
-    raise ValueError("sfda: features contain NaN or inf")
+  x = common.check_matrix(features, score="sfda")
   y = np.asarray(labels)
   if y.ndim != 1 or y.shape[0] != x.shape[0]:
     raise ValueError(f"sfda: labels must be [N] with N = {x.shape[0]} (the "

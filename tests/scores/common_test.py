@@ -220,3 +220,15 @@ def test_a_score_whose_own_import_fails_shows_that_error(tmp_path, monkeypatch):
   })
   with pytest.raises(ModuleNotFoundError, match="ms_no_such_dependency"):
     scores.get("ms_plugin_lab2.needs_dep")
+
+
+def test_check_matrix():
+  x = common.check_matrix(np.arange(6, dtype=np.int32).reshape(2, 3), score="s")
+  assert x.dtype == np.float64 and x.shape == (2, 3)
+  assert common.check_matrix(np.ones((2, 2)), score="s", dtype=np.float32).dtype == np.float32
+  for bad, message in ((np.ones(3), "non-empty \\[N, D\\]"), (np.ones((0, 2)), "non-empty"),
+                       (np.array([["a", "b"]]), "numeric"),
+                       (np.array([[1.0, np.nan]]), "1 NaN or inf"),
+                       (np.array([[1e39]]), "after conversion to float32")):
+    with pytest.raises(ValueError, match=f"s: features .*{message}|s: features {message}"):
+      common.check_matrix(bad, score="s", dtype=np.float32)
