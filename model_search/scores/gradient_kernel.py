@@ -296,15 +296,8 @@ def sketch_vector(leaves, salts, projection_dim: int):
 @functools.lru_cache(maxsize=64)
 def _chunk_fns(apply_fn: Callable[..., Any], treedef,
                selected: tuple[bool, ...], projection_dim: int | None):
-  """Jitted (mean-gradient chunk, rows chunk) functions for one model."""
+  """The jitted rows-chunk function (exact or sketched rows of Phi) for one model."""
   forward = _forward_fn(apply_fn, treedef, selected)
-
-  def mean_chunk(sel_leaves, rest_leaves, images, weights, directions):
-    # sum_i w_i g_i^(k) for every k from one batched forward: leaves [K p_l].
-    _, vjp = jax.vjp(lambda s: forward(s, rest_leaves, images), sel_leaves)
-    cotangents = weights[None, :, None] * directions[:, None, :]  # [K, c, D]
-    grads = jax.vmap(lambda ct: vjp(ct)[0])(cotangents)
-    return [jnp.reshape(g, (-1,)).astype(jnp.float32) for g in grads]
 
   def example_grads(sel_leaves, rest_leaves, image, directions):
     _, vjp = jax.vjp(lambda s: forward(s, rest_leaves, image[None])[0],
@@ -333,7 +326,7 @@ def _chunk_fns(apply_fn: Callable[..., Any], treedef,
     z = z[:c] - (b * inv)[:, None] * z[c]
     return jnp.concatenate([z, (b * jnp.sqrt(inv))[:, None]], axis=1)
 
-  return jax.jit(mean_chunk), jax.jit(rows_chunk)
+  return jax.jit(rows_chunk)
 
 
 def gradient_features(apply_fn: Callable[..., Any], params: Any, images, *,
@@ -373,10 +366,10 @@ def gradient_features(apply_fn: Callable[..., Any], params: Any, images, *,
   treedef, mask, sel, rest = prep.treedef, prep.mask, prep.sel, prep.rest
   directions, salts, images, n = prep.directions, prep.salts, prep.images, prep.n
   xp = jnp if isinstance(images, jax.Array) else np
-  # The mean pass does not depend on d: share its compiled function.
-  mean_fn = _chunk_fns(apply_fn, treedef, mask, None)[0]
+  # The mean pass (batched vjp sums) is the statistics paths' compiled function.
+  mean_fn = stat_fns(apply_fn, treedef, mask, None)[0]
   rows_fn = _chunk_fns(apply_fn, treedef, mask,
-                       None if projection_dim is None else int(projection_dim))[1]
+                       None if projection_dim is None else int(projection_dim))
 
   c = min(int(chunk_size), n)
   num_chunks = -(-n // c)
@@ -393,9 +386,10 @@ def gradient_features(apply_fn: Callable[..., Any], params: Any, images, *,
     weights = np.ones(num_chunks * c, np.float32)
     weights[n:] = 0.0  # Padding rows.
     for i, chunk in enumerate(chunks):
-      part = mean_fn(sel, rest, chunk, weights[i * c:(i + 1) * c], directions)
+      part = [p[0] for p in mean_fn(sel, rest, chunk, weights[None, i * c:(i + 1) * c],
+                                    directions)]  # sum_i w_i Phi_i
       mean = part if not mean else [m + p for m, p in zip(mean, part)]
-    mean = [m / (n * math.sqrt(num_directions)) for m in mean]
+    mean = [m / n for m in mean]
   rows = [rows_fn(sel, rest, chunk, directions, salts, mean)
           for chunk in chunks]
   return jnp.concatenate(rows, axis=0)[:n]
