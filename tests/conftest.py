@@ -1,6 +1,12 @@
 """Test setup: four fake CPU devices, quiet TensorFlow, no GPU for TensorFlow."""
 
 import os
+import pathlib
+import sys
+
+# Shared test helpers (tests/scores/score_data.py): --import-mode=importlib puts no test
+# directory on sys.path by itself.
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "scores"))
 
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")

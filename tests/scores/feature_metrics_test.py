@@ -5,6 +5,7 @@ import pytest
 
 from model_search import scores
 from model_search.scores import feature_metrics as fm
+import score_data
 
 KEYS = {"separability", "zero_fraction", "hoyer_sparsity", "mean_variance",
         "top_k_variance_ratio", "effective_rank"}
@@ -12,9 +13,7 @@ KEYS = {"separability", "zero_fraction", "hoyer_sparsity", "mean_variance",
 
 def _data(seed=0, n=150, d=12, c=4, relu=True):
   rng = np.random.default_rng(seed)
-  p = np.arange(1, c + 1) / np.sum(np.arange(1, c + 1))  # Unbalanced.
-  y = rng.choice(c, size=n, p=p)
-  y[:c] = np.arange(c)
+  y = score_data.class_labels(rng, n, c, np.arange(1, c + 1))  # Unbalanced.
   x = (rng.normal(size=(c, d))[y] + rng.normal(size=(n, d))) * np.geomspace(
       3.0, 0.1, d)
   if relu:

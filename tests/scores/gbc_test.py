@@ -5,13 +5,12 @@ import pytest
 
 from model_search import scores
 from model_search.scores import gbc
+import score_data
 
 
 def _data(seed=0, n=150, d=12, c=4, spread=1.0):
   rng = np.random.default_rng(seed)
-  p = np.arange(1, c + 1) / np.sum(np.arange(1, c + 1))  # Unbalanced.
-  y = rng.choice(c, size=n, p=p)
-  y[:c] = np.arange(c)
+  y = score_data.class_labels(rng, n, c, np.arange(1, c + 1))  # Unbalanced.
   # Per-dimension scales spread out the PCA spectrum, so the top components
   # are well defined.
   scales = np.geomspace(3.0, 0.3, d)

@@ -7,17 +7,14 @@ from sklearn import covariance
 from model_search import scores
 from model_search.scores import hscore
 from model_search.scores import regularized_hscore
+import score_data
 
 
 def _data(seed=0, n=80, d=10, c=4, noise=1.0, unbalanced=False):
   rng = np.random.default_rng(seed)
   centers = rng.normal(size=(c, d))
-  if unbalanced:  # Class c has weight proportional to 2^-c.
-    p = 0.5**np.arange(c)
-    y = rng.choice(c, size=n, p=p / p.sum())
-  else:
-    y = rng.integers(0, c, n)
-  y[:c] = np.arange(c)  # Every class present.
+  # Class c has weight proportional to 2^-c when unbalanced.
+  y = score_data.class_labels(rng, n, c, 0.5**np.arange(c) if unbalanced else None)
   # Uneven feature scales and a mean far from 0, as real features have.
   scale = np.geomspace(0.1, 3.0, d)
   x = (centers[y] + noise * rng.normal(size=(n, d))) * scale + 5.0

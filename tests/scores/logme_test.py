@@ -9,6 +9,7 @@ from scipy import stats
 
 from model_search import scores
 from model_search.scores import logme
+import score_data
 
 _EPS = 1e-5
 
@@ -16,12 +17,8 @@ _EPS = 1e-5
 def _data(seed=0, n=60, d=20, c=4, noise=1.0, unbalanced=False):
   rng = np.random.default_rng(seed)
   centers = rng.normal(size=(c, d))
-  if unbalanced:  # Class c has weight proportional to 2^-c.
-    p = 0.5**np.arange(c)
-    y = rng.choice(c, size=n, p=p / p.sum())
-  else:
-    y = rng.integers(0, c, n)
-  y[:c] = np.arange(c)  # Every class present.
+  # Class c has weight proportional to 2^-c when unbalanced.
+  y = score_data.class_labels(rng, n, c, 0.5**np.arange(c) if unbalanced else None)
   x = centers[y] + noise * rng.normal(size=(n, d))
   return x.astype(np.float32), y
 

@@ -6,13 +6,12 @@ from sklearn import metrics
 
 from model_search import scores
 from model_search.scores import msc
+import score_data
 
 
 def _data(seed=0, n=150, d=8, c=4, spread=1.0, offset=0.0):
   rng = np.random.default_rng(seed)
-  p = np.arange(1, c + 1) / np.sum(np.arange(1, c + 1))  # Unbalanced.
-  y = rng.choice(c, size=n, p=p)
-  y[:c] = np.arange(c)
+  y = score_data.class_labels(rng, n, c, np.arange(1, c + 1))  # Unbalanced.
   x = 2.0 * rng.normal(size=(c, d))[y] + spread * rng.normal(size=(n, d))
   return (x + offset).astype(np.float32), y
 

@@ -11,16 +11,13 @@ from sklearn import preprocessing
 
 from model_search import scores
 from model_search.scores import parc
+import score_data
 
 
 def _data(seed=0, n=120, d=40, c=4, noise=2.0, unbalanced=False):
   rng = np.random.default_rng(seed)
-  if unbalanced:  # Class c has weight proportional to 0.6^c.
-    p = 0.6**np.arange(c)
-    y = rng.choice(c, size=n, p=p / p.sum())
-  else:
-    y = rng.integers(0, c, n)
-  y[:c] = np.arange(c)  # Every class present.
+  # Class c has weight proportional to 0.6^c when unbalanced.
+  y = score_data.class_labels(rng, n, c, 0.6**np.arange(c) if unbalanced else None)
   # Decaying feature scales and an offset, as real features have.
   x = (rng.normal(size=(c, d))[y] + noise * rng.normal(size=(n, d)))
   x = x * np.geomspace(1.0, 0.05, d) + 3.0

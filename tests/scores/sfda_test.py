@@ -9,18 +9,15 @@ from scipy import special
 
 from model_search import scores
 from model_search.scores import sfda
+import score_data
 
 
 def _data(seed=0, n=120, d=20, c=4, scale=1.0, sep=1.0, unbalanced=False,
           dead=0, offset=0.0):
   """Gaussian classes with decaying, rotated variances; optional dead units."""
   rng = np.random.default_rng(seed)
-  if unbalanced:  # Class c has weight proportional to 0.6^c.
-    p = 0.6**np.arange(c)
-    y = rng.choice(c, size=n, p=p / p.sum())
-  else:
-    y = rng.integers(0, c, n)
-  y[:c] = np.arange(c)  # Every class present.
+  # Class c has weight proportional to 0.6^c when unbalanced.
+  y = score_data.class_labels(rng, n, c, 0.6**np.arange(c) if unbalanced else None)
   spectrum = np.geomspace(1.0, 0.03, d)
   x = (sep * rng.normal(size=(c, d))[y] + rng.normal(size=(n, d))) * spectrum
   x = x @ np.linalg.qr(rng.normal(size=(d, d)))[0]

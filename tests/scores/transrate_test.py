@@ -5,14 +5,13 @@ import pytest
 
 from model_search import scores
 from model_search.scores import transrate
+import score_data
 
 
 def _data(seed=0, n=120, d=16, c=4, spread=1.0):
   rng = np.random.default_rng(seed)
   # Unbalanced classes: class c has weight proportional to c + 1.
-  p = np.arange(1, c + 1) / np.sum(np.arange(1, c + 1))
-  y = rng.choice(c, size=n, p=p)
-  y[:c] = np.arange(c)  # Every class present.
+  y = score_data.class_labels(rng, n, c, np.arange(1, c + 1))
   x = 2.0 * rng.normal(size=(c, d))[y] + spread * rng.normal(size=(n, d))
   return x.astype(np.float32), y
 
