@@ -282,7 +282,7 @@ def test_source_domain_scores_get_the_upstream_features(smoke_run, tmp_path, mon
                     "REQUIRES = ('source_features', 'source_labels')\n\n\n"
                     "def score(inputs):\n"
                     "  return {'score': 0.0, 'n': float(len(inputs.source_labels)),\n"
-                    "          'dim': float(inputs.source_features.shape[1]),\n"
+                    "          'feature_sum': float(np.sum(inputs.source_features)),\n"
                     "          'label_sum': float(np.sum(inputs.source_labels))}\n")
   workdir, config = _copy_of_smoke_run(reference, config, tmp_path)
   with config.unlocked():
@@ -292,13 +292,19 @@ def test_source_domain_scores_get_the_upstream_features(smoke_run, tmp_path, mon
   main.run(config, str(workdir))
   from model_search import study as study_lib  # pylint: disable=g-import-not-at-top
   from model_search.models import mini_zoo  # pylint: disable=g-import-not-at-top
-  data_dir = study_lib.from_config(config, workdir).data_dir
-  for m in config.zoo.models:
-    up = mini_zoo.SPECS[m].upstream
-    _, labels, _ = mini_zoo.load_upstream(up, "train", data_dir, limit=300)
+  from model_search.models import hub  # pylint: disable=g-import-not-at-top
+  study = study_lib.from_config(config, workdir)
+  for entry in study.entries:
+    images, labels, _ = mini_zoo.load_upstream(entry.upstream_dataset, "train",
+                                               study.data_dir, limit=300)
+    # The model's own features of those images, computed here without the pipeline (the mini
+    # zoo takes its upstream images at their size, in [0, 1]).
+    model = hub.load_entry(entry)
+    want = float(np.sum(np.asarray(model.apply(model.params, images / np.float32(255.0)))))
     for t in config.tasks:
-      values = json.loads((workdir / "scores" / m / f"{t}.json").read_text())["scores"]
+      values = json.loads((workdir / "scores" / entry.name / f"{t}.json").read_text())["scores"]
       assert values["probe"]["n"] == 300 and values["probe"]["label_sum"] == labels.sum()
+      assert values["probe"]["feature_sum"] == pytest.approx(want, rel=1e-4)
       assert 0.0 < values["domain_similarity"]["score"] <= 1.0
       assert values["domain_similarity"]["emd"] > 0.0
 
