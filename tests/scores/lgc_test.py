@@ -9,6 +9,7 @@ from scipy import stats
 from model_search import scores
 from model_search.scores import lfc
 from model_search.scores import gradient_kernel
+from model_search.scores import kernel_statistics
 from model_search.scores import lgc
 
 N, D_IN, D_HID, D_OUT, C = 40, 5, 7, 4, 3
@@ -316,10 +317,10 @@ def test_statistics_paths_compute_the_class_terms_exactly(method):
   prep = gradient_kernel.prepare(_mlp, params, x, select=None, num_directions=8, seed=0,  # pylint: disable=protected-access
                       chunk_size=7)  # Chunks that split classes.
   if method == "sketch":
-    got = lgc._sketch_statistics(prep, y.astype(np.int64), 16)  # pylint: disable=protected-access
+    got = kernel_statistics.sketch_statistics(prep, y.astype(np.int64), 16)  # pylint: disable=protected-access
     assert got["centred_sq"] == pytest.approx(want["centred_sq"], rel=1e-5)
   else:
-    got = lgc._matrix_free_statistics(prep, y.astype(np.int64), 12, 0)  # pylint: disable=protected-access
+    got = kernel_statistics.matrix_free_statistics(prep, y.astype(np.int64), 12, 0)  # pylint: disable=protected-access
   for key in ("nc_mu_t", "class_sq", "a_sq", "mean_sq"):
     assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
 
@@ -345,7 +346,7 @@ def test_sketch_frobenius_estimate_is_unbiased():
   for seed in range(24):
     prep = gradient_kernel.prepare(_mlp, params, x, select=None, num_directions=8, seed=seed,  # pylint: disable=protected-access
                         chunk_size=16)
-    got.append(lgc._sketch_statistics(prep, y.astype(np.int64), 64)["frobenius"])  # pylint: disable=protected-access
+    got.append(kernel_statistics.sketch_statistics(prep, y.astype(np.int64), 64)["frobenius"])  # pylint: disable=protected-access
   got = np.array(got)
   assert abs(got.mean() - want) < 3 * got.std() / np.sqrt(len(got)) + 1e-3 * want
 
