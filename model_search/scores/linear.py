@@ -36,9 +36,9 @@ DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 DEFAULT_L2_REGS = tuple(float(2.0**e) for e in range(-10, 20, 2))
 # Full float32 matmuls, so scores agree across CPU, GPU (TF32) and TPU (bf16).
 _HIGHEST = jax.lax.Precision.HIGHEST
-# SGD steps per iteration of the compiled loop (lax.scan's unroll): the same arithmetic, less
-# loop overhead. 4 was fastest for the vmapped kernel form on CPU (benchmarks/RESULTS.md).
-DEFAULT_UNROLL = 4
+# SGD steps per iteration of the compiled loop (lax.scan's unroll): the same arithmetic. 1 was
+# fastest on CPU for both forms (benchmarks/RESULTS.md).
+DEFAULT_UNROLL = 1
 
 
 def standardize(train_x, *others):
@@ -147,10 +147,52 @@ def _fit_sgd(train_x, train_y, val_x, val_y, learning_rates, seeds, momentum,
   return over_lrs(learning_rates, keys)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("num_classes", "steps", "batch_size", "unroll"))
-def _fit_sgd_kernel(train_x, train_y, val_x, val_y, learning_rates, seeds, momentum,
-                    weight_decay, *, num_classes, steps, batch_size, unroll):
+@functools.partial(jax.jit, static_argnames=("num_examples", "steps", "batch_size"))
+def _distinct_rows(seeds, *, num_examples: int, steps: int, batch_size: int):
+  """Each minibatch of each seed as distinct rows and their weights (multiplicity / batch).
+
+  Returns [S, steps, R] int32 rows (ascending, padded with row 0), [S, steps, R] float32
+  weights (0 for padding) with R = min(batch_size, num_examples), and the most distinct rows
+  of any batch. sum_j w_j f(x_{rows_j}) is the batch mean of f.
+  """
+  num_rows = min(batch_size, num_examples)
+
+  def one(batch):
+    counts = jnp.zeros((num_examples,), jnp.float32).at[batch].add(1.0)
+    present = counts > 0
+    slot = jnp.where(present, jnp.cumsum(present) - 1, num_rows)  # num_rows: dropped.
+    rows = jnp.zeros((num_rows,), jnp.int32).at[slot].set(
+        jnp.arange(num_examples, dtype=jnp.int32), mode="drop")
+    weights = jnp.zeros((num_rows,), jnp.float32).at[slot].set(counts, mode="drop")
+    return rows, weights / batch_size, jnp.sum(present)
+
+  def over_steps(seed):
+    idx = sample_batch_indices(seed, num_examples=num_examples, steps=steps,
+                               batch_size=batch_size)
+    return jax.vmap(one)(idx)
+
+  rows, weights, distinct = jax.vmap(over_steps)(seeds)
+  return rows, weights, jnp.max(distinct, initial=1)
+
+
+@functools.lru_cache(maxsize=2)
+def _batches(seeds: tuple[int, ...], num_examples: int, steps: int,
+             batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """`_distinct_rows` cut to the most distinct rows of any batch (a static shape).
+
+  A function of the sampling alone (about 40 MB at the paper's sizes), so it is computed
+  once per (seeds, N, steps, batch size) and shared by every model scored on a task.
+  """
+  rows, weights, num_rows = _distinct_rows(
+      jnp.asarray(seeds, jnp.uint32), num_examples=num_examples, steps=steps,
+      batch_size=batch_size)
+  num_rows = int(num_rows)
+  return rows[..., :num_rows], weights[..., :num_rows]
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "unroll"))
+def _fit_sgd_kernel(train_x, train_y, val_x, val_y, learning_rates, rows, weights, momentum,
+                    weight_decay, *, num_classes, unroll):
   """`_fit_sgd` in the span of the training features: W = X^T A, A [N, C].
 
   From W = 0, every SGD update of W is X_b^T G_b (+ weight_decay * W) = X^T (scatter(G_b) +
@@ -158,40 +200,50 @@ def _fit_sgd_kernel(train_x, train_y, val_x, val_y, learning_rates, seeds, momen
   the logits of a batch are K[idx] A with the Gram matrix K = X X^T, and no [B, D] x [D, C]
   products are needed. Exact (up to float rounding); cheaper whenever N is not much larger
   than D (VTAB-1k: N = 1000, D up to 4320).
+
+  Two more savings, both exact. A batch of B draws with replacement holds fewer distinct
+  examples (about 0.47 B for B = 512 of N = 800): logits are computed once per distinct
+  example and weighted by its multiplicity. And every learning rate of a seed sees the same
+  batch, so their A's sit side by side in one [N, L C] matrix: one product per seed and step.
+  Momentum is optax.sgd's (m <- g + momentum m; A <- A - lr m).
   """
   n, _ = train_x.shape
+  num_lrs = learning_rates.shape[0]
+  num_rows = rows.shape[-1]
   gram = jnp.matmul(train_x, train_x.T, precision=_HIGHEST)        # [N, N]
   val_gram = jnp.matmul(val_x, train_x.T, precision=_HIGHEST)      # [M, N]
+  one_hot = jax.nn.one_hot(train_y, num_classes)
+  lrs = learning_rates[:, None]                                    # [L, 1]
 
-  def run(lr, key):
-    params = {"a": jnp.zeros((n, num_classes), jnp.float32),
-              "b": jnp.zeros((num_classes,), jnp.float32)}
-    opt = optax.sgd(lr, momentum=momentum)
+  def run(rows, weights):  # [steps, R] each: one seed's batches.
+    a = jnp.zeros((n, num_lrs, num_classes), jnp.float32)
+    b = jnp.zeros((num_lrs, num_classes), jnp.float32)
 
-    def step(carry, t):
-      params, opt_state = carry
-      idx = _step_indices(key, t, num_examples=n, batch_size=batch_size)
-      # The batch's rows of the Gram matrix: B N C multiply-adds (N^2 C for all logits).
-      logits = jnp.matmul(gram[idx], params["a"], precision=_HIGHEST) + params["b"]
-      # d(mean cross-entropy) / d(logits).
-      g = (jax.nn.softmax(logits) - jax.nn.one_hot(train_y[idx], num_classes)) / batch_size
+    def step(carry, batch):
+      a, b, trace_a, trace_b = carry
+      r, w = batch
+      # The distinct rows of the Gram matrix: R N L C multiply-adds.
+      logits = jnp.matmul(gram[r], a.reshape(n, -1), precision=_HIGHEST)
+      logits = logits.reshape(num_rows, num_lrs, num_classes) + b
+      # d(mean cross-entropy) / d(logits), per distinct example.
+      g = (jax.nn.softmax(logits) - one_hot[r][:, None, :]) * w[:, None, None]
       # The W-gradient X_b^T g + wd W, written in A's coordinates.
-      grad_a = jnp.zeros_like(params["a"]).at[idx].add(g) + weight_decay * params["a"]
-      grads = {"a": grad_a, "b": jnp.sum(g, axis=0)}
-      updates, opt_state = opt.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), None
+      grad_a = jnp.zeros_like(a).at[r].add(g) + weight_decay * a
+      trace_a = grad_a + momentum * trace_a
+      trace_b = jnp.sum(g, axis=0) + momentum * trace_b
+      return (a - lrs * trace_a, b - lrs * trace_b, trace_a, trace_b), None
 
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps),
-                                  unroll=unroll)
-    logits = jnp.matmul(val_gram, params["a"], precision=_HIGHEST) + params["b"]
-    num_correct = jnp.sum(jnp.argmax(logits, axis=1) == val_y)
-    weights = jnp.matmul(train_x.T, params["a"], precision=_HIGHEST)
-    return weights, params["b"], num_correct
+    zeros = (a, b, jnp.zeros_like(a), jnp.zeros_like(b))
+    (a, b, _, _), _ = jax.lax.scan(step, zeros, (rows, weights), unroll=unroll)
+    logits = jnp.matmul(val_gram, a.reshape(n, -1), precision=_HIGHEST)
+    logits = logits.reshape(-1, num_lrs, num_classes) + b
+    num_correct = jnp.sum(jnp.argmax(logits, axis=-1) == val_y[:, None], axis=0)  # [L]
+    weights = jnp.einsum("nd,nlc->ldc", train_x, a, precision=_HIGHEST)
+    return weights, b, num_correct
 
-  keys = jax.vmap(jax.random.key)(seeds)
-  over_seeds = jax.vmap(run, in_axes=(None, 0))
-  over_lrs = jax.vmap(over_seeds, in_axes=(0, None))
-  return over_lrs(learning_rates, keys)
+  weights, biases, num_correct = jax.vmap(run)(rows, weights)  # Seeds first: [S, L, ...].
+  return (jnp.swapaxes(weights, 0, 1), jnp.swapaxes(biases, 0, 1),
+          jnp.swapaxes(num_correct, 0, 1))
 
 
 def fit_sgd(train_x, train_y, val_x, val_y, *, num_classes: int,
@@ -233,14 +285,20 @@ def fit_sgd(train_x, train_y, val_x, val_y, *, num_classes: int,
     raise ValueError(f"Unknown form {form!r}; valid forms: {', '.join(SGD_FORMS)}")
   n, d = np.shape(train_x)
   kernel = form == "kernel" or (form == "auto" and n <= d)
-  weights, biases, num_correct = (_fit_sgd_kernel if kernel else _fit_sgd)(
-      jnp.asarray(train_x, jnp.float32), jnp.asarray(train_y, jnp.int32),
-      jnp.asarray(val_x, jnp.float32), jnp.asarray(val_y, jnp.int32),
-      jnp.asarray(learning_rates, jnp.float32).reshape(-1),
-      jnp.asarray(seeds, jnp.uint32).reshape(-1),
-      jnp.float32(momentum), jnp.float32(weight_decay),
-      num_classes=int(num_classes), steps=int(steps),
-      batch_size=int(batch_size), unroll=int(unroll))
+  data = (jnp.asarray(train_x, jnp.float32), jnp.asarray(train_y, jnp.int32),
+          jnp.asarray(val_x, jnp.float32), jnp.asarray(val_y, jnp.int32),
+          jnp.asarray(learning_rates, jnp.float32).reshape(-1))
+  if kernel:
+    seeds = tuple(int(seed) for seed in np.ravel(seeds))
+    rows, weights = _batches(seeds, int(n), int(steps), int(batch_size))
+    weights, biases, num_correct = _fit_sgd_kernel(
+        *data, rows, weights, jnp.float32(momentum), jnp.float32(weight_decay),
+        num_classes=int(num_classes), unroll=int(unroll))
+  else:
+    weights, biases, num_correct = _fit_sgd(
+        *data, jnp.asarray(seeds, jnp.uint32).reshape(-1), jnp.float32(momentum),
+        jnp.float32(weight_decay), num_classes=int(num_classes), steps=int(steps),
+        batch_size=int(batch_size), unroll=int(unroll))
   return SgdRuns(weights, biases, np.asarray(num_correct) / np.shape(val_y)[0])
 
 

@@ -1,5 +1,6 @@
 """Tests for the linear-probe score: a NumPy SGD reference, sklearn ridge, invariances."""
 
+import jax
 import numpy as np
 import pytest
 from sklearn import linear_model
@@ -196,17 +197,19 @@ def test_score_plugin():
     linear.score(inputs, l2_regs=[1.0])
 
 
-@pytest.mark.parametrize("weight_decay,momentum", [(0.0, 0.9), (1e-2, 0.9), (0.0, 0.0)])
-def test_kernel_form_has_the_same_iterates(weight_decay, momentum):
+@pytest.mark.parametrize("weight_decay,momentum,n,batch_size",
+                         [(0.0, 0.9, 120, 32), (1e-2, 0.9, 120, 32), (0.0, 0.0, 120, 32),
+                          (1e-2, 0.9, 20, 64)])  # The last: most draws are repeats.
+def test_kernel_form_has_the_same_iterates(weight_decay, momentum, n, batch_size):
   """W = X^T A: the kernel form trains the same classifiers as SGD on W (Renggli's runs)."""
   rng = np.random.default_rng(3)
-  n, d, c = 120, 200, 5
+  d, c = 200, 5
   x = rng.standard_normal((n, d)).astype(np.float32)
   y = rng.integers(0, c, n)
   x[:, :4] += y[:, None]
   xv = rng.standard_normal((40, d)).astype(np.float32)
   yv = rng.integers(0, c, 40)
-  kwargs = dict(num_classes=c, steps=60, batch_size=32, seeds=(0, 1), momentum=momentum,
+  kwargs = dict(num_classes=c, steps=60, batch_size=batch_size, seeds=(0, 1), momentum=momentum,
                 weight_decay=weight_decay)
   primal = linear.fit_sgd(x, y, xv, yv, form="primal", **kwargs)
   kernel = linear.fit_sgd(x, y, xv, yv, form="kernel", **kwargs)
@@ -218,3 +221,22 @@ def test_kernel_form_has_the_same_iterates(weight_decay, momentum):
   np.testing.assert_array_equal(auto.weights, kernel.weights)
   with pytest.raises(ValueError, match="Unknown form 'dual'; valid forms: auto, primal"):
     linear.fit_sgd(x, y, xv, yv, form="dual", **kwargs)
+
+
+@pytest.mark.parametrize("num_examples,batch_size", [(800, 512), (5, 64), (300, 1)])
+def test_distinct_rows_are_the_batch_multiset(num_examples, batch_size):
+  """The kernel form's batches: the distinct examples of each draw, weighted by multiplicity."""
+  steps, seeds = 7, (3, 4)
+  rows, weights = linear._batches(seeds, num_examples, steps, batch_size)
+  idxs = [np.asarray(linear.sample_batch_indices(seed, num_examples=num_examples, steps=steps,
+                                                 batch_size=batch_size)) for seed in seeds]
+  assert rows.shape[-1] == max(len(np.unique(batch)) for idx in idxs for batch in idx)
+  for idx, seed_rows, seed_weights in zip(idxs, np.asarray(rows), np.asarray(weights)):
+    for batch, r, w in zip(idx, seed_rows, seed_weights):
+      expected = np.bincount(batch, minlength=num_examples) / batch_size
+      got = np.zeros(num_examples)
+      np.add.at(got, r, w)
+      np.testing.assert_allclose(got, expected, atol=1e-7)
+      distinct = np.unique(batch)
+      np.testing.assert_array_equal(r[: len(distinct)], distinct)
+      assert np.all(w[len(distinct):] == 0)
