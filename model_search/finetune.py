@@ -1,39 +1,39 @@
-"""Finetune stage: ground-truth transfer accuracy by fine-tuning the whole network.
+"""Fine-tuning: ground-truth transfer accuracy by training the whole network (VTAB protocol).
 
 Protocol (Renggli et al., following the VTAB reference): the hub model's pre-logits get a new
-linear head initialised to zero; the whole network is trained with SGD and momentum (0.9), with
-a step decay of the learning rate (x0.1 at 30/60/90% of the steps) and optional linear warm-up,
-no augmentation. Optional clipping of the gradient's global norm (big_vision's transfer
-configs clip at 1.0; the VTAB reference does not clip) keeps learning rate 0.1 stable for the
-mini zoo's normalisation-free CNNs. Each learning rate of the grid (the paper: 0.1 and 0.01) is trained on train800
-and evaluated on val200; the run with the higher val200 accuracy is kept (ties: the earlier
-learning rate in the grid) and its test accuracy reported. With several repeats (different data
-orders), the ground truth is the median over repeats.
+linear head initialised to zero; the whole network is trained with SGD and momentum (0.9) at
+batch 512 for 2500 steps, with a step decay of the learning rate (x0.1 at 30/60/90% of the
+steps) and optional linear warm-up, no augmentation, batch norm in training mode (batch
+statistics; the moving averages it updates are used at evaluation). Optional clipping of the
+gradient's global norm (big_vision's transfer configs clip at 1.0; the VTAB reference does not)
+keeps learning rate 0.1 stable for the mini zoo's normalisation-free CNNs. Each learning rate of
+the grid (the paper: 0.1 and 0.01) is one run, trained on train800 and evaluated on val200; per
+repeat (a different data order) the run with the higher val200 accuracy is kept (ties: the
+earlier learning rate in the grid) and its test accuracy reported; the ground truth is the
+median over repeats (`summarize`). The grid of runs, its checkpoints and its failures are
+`finetune_grid`'s.
 
-All learning rates of one (model, task, repeat) train in one compiled step (vmap over the
-learning rates), and the program is reused across tasks: the head is
-padded to a fixed number of classes with the extra logits masked out, which is exactly
-equivalent to a head of the task's size (their softmax weight is 0, so they get no gradient).
+`Finetuner` compiles one training step per model: `jax.jit` with the batch split over a
+device mesh's 'data' axis and the parameters replicated (data parallel) or sharded by a path
+regex (FSDP; see `sharding`), and gradient accumulation over micro-batches so a batch of 512
+fits on small devices. The learning rate is an argument of the step, so all rates share one
+program, and the head is padded to a fixed number of classes with the extra logits masked out
+(exactly equivalent to a head of the task's size: their softmax weight is 0, so they get no
+gradient), so tasks share it too.
 """
 
 from __future__ import annotations
 
 import functools
-import time
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
-from model_search import workdir as wd
-from model_search.data import pipeline
-from model_search.models import hub
+from model_search import sharding as sharding_lib
 
-_VERSION = "finetune-v1"
 _MASKED = -1e9  # exp() of this underflows to exactly 0 in float32.
 
 
@@ -54,25 +54,76 @@ def batch_indices(num_examples: int, *, steps: int, batch_size: int, seed: int) 
   return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-class Finetuner:
-  """Compiled fine-tuning and evaluation programs for one hub model."""
+class TrainState(NamedTuple):
+  """What a run carries from step to step (and what a checkpoint holds)."""
+  params: Any  # {'backbone': model params (batch-norm statistics included), 'head': ...}
+  opt_state: Any
 
-  def __init__(self, model: hub.HubModel, *, head_classes: int, momentum: float, steps: int,
+
+class NonFiniteLoss(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+  def __init__(self, step: int, loss: float):
+    super().__init__(f"non-finite training loss {loss} at step {step}")
+    self.step = step
+
+
+class Finetuner:
+  """Compiled fine-tuning and evaluation programs for one hub model.
+
+  Args:
+    model: a `hub.HubModel` (or anything with `apply`, `params`, `feature_dim`, and optionally
+      `apply_train` / `has_training_mode`).
+    head_classes: width of the (masked) head; at least every task's class count.
+    momentum, steps, decay_at, warmup_steps: the SGD protocol (`lr_schedule`).
+    eval_batch_size: examples per evaluation batch (rounded up to a multiple of the mesh size).
+    grad_clip_norm: clip the gradient's global norm to this (None: no clipping).
+    accumulation_steps: micro-batches per step: the batch's gradient is the mean of theirs, so
+      k micro-batches of B / k give the step of one batch of B (exactly, up to float rounding,
+      for models without batch norm; with batch norm each micro-batch has its own statistics
+      and updates the moving averages in turn).
+    mesh: the device mesh (`sharding.make_mesh`); None: this process's local devices.
+    fsdp_regex, fsdp_min_size: parameter sharding (`sharding.param_shardings`); None:
+      data parallel, every parameter replicated.
+    train_mode: use the model's training mode (batch statistics) when it has one.
+  """
+
+  def __init__(self, model, *, head_classes: int, momentum: float, steps: int,
                decay_at: Sequence[float], warmup_steps: int, eval_batch_size: int,
-               grad_clip_norm: float | None = None):
+               grad_clip_norm: float | None = None, accumulation_steps: int = 1,
+               mesh=None, fsdp_regex: str | None = None, fsdp_min_size: int = 2**16,
+               train_mode: bool = True):
+    if accumulation_steps < 1:
+      raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
     self.model = model
     self.head_classes = head_classes
-    self.eval_batch_size = eval_batch_size
+    self.steps = steps
+    self.accumulation_steps = accumulation_steps
+    self.mesh = sharding_lib.make_mesh() if mesh is None else mesh
+    self.num_devices = self.mesh.size
+    self.eval_batch_size = -(-eval_batch_size // self.num_devices) * self.num_devices
     apply_fn = model.apply
+    apply_train = getattr(model, "apply_train", None)
+    self.uses_train_mode = bool(train_mode and apply_train is not None
+                                and getattr(model, "has_training_mode", False))
 
-    def logits_fn(params, images, class_mask):
-      feats = apply_fn(params["backbone"], images)
+    def head(params, feats, class_mask):
       logits = feats @ params["head"]["kernel"] + params["head"]["bias"]
       return jnp.where(class_mask, logits, _MASKED)
 
-    def loss_fn(params, images, labels, class_mask):
-      logits = logits_fn(params, images, class_mask)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    def logits_fn(params, images, class_mask):
+      return head(params, apply_fn(params["backbone"], images), class_mask)
+
+    def loss_fn(params, images, labels, class_mask, rng):
+      if self.uses_train_mode:
+        # A PRNG key only for models with random ops (dropout); see `_probe_rng`.
+        feats, backbone = apply_train(params["backbone"], images,
+                                      **({"rng": rng} if self._needs_rng else {}))
+      else:
+        feats, backbone = apply_fn(params["backbone"], images), params["backbone"]
+      logits = head(params, feats, class_mask)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, backbone
 
     def make_tx(base_lr):
       schedule = functools.partial(lr_schedule, base_lr, steps=steps, decay_at=tuple(decay_at),
@@ -80,26 +131,105 @@ class Finetuner:
       sgd = optax.sgd(schedule, momentum=momentum)
       return optax.chain(optax.clip_by_global_norm(grad_clip_norm), sgd) if grad_clip_norm else sgd
 
-    def step_one(base_lr, params, opt_state, images, labels, class_mask, idx):
-      loss, grads = jax.value_and_grad(loss_fn)(params, images[idx], labels[idx], class_mask)
-      updates, opt_state = make_tx(base_lr).update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, loss
+    self._make_tx = make_tx
+    self._apply_train = apply_train
+    self._needs_rng: bool | None = None
+    k = accumulation_steps
+    batch_sh = sharding_lib.batch_sharding(self.mesh)
 
-    # vmap over learning rates: same initial params, data and order for every rate. One jitted
-    # step in a Python loop: on CPU, XLA runs convolutions inside lax.scan/while bodies ~30x
-    # slower than as top-level ops (measured here), so the loop stays in Python.
-    self._init = jax.jit(jax.vmap(lambda lr, p: make_tx(lr).init(p), in_axes=(0, None)))
-    self._step = jax.jit(jax.vmap(step_one, in_axes=(0, 0, 0, None, None, None, None)),
-                         donate_argnums=(1, 2))
-    # Evaluation runs each learning rate's params separately: a vmap over stacked conv weights
-    # becomes a grouped convolution, which XLA:CPU runs ~4x slower.
-    self._predict = jax.jit(lambda p, x, m: jnp.argmax(logits_fn(p, x, m), -1))
+    def train_step(state, base_lr, images, labels, class_mask, idx, rng):
+      params = state.params
+      x = jax.lax.with_sharding_constraint(images[idx], batch_sh)
+      y = jax.lax.with_sharding_constraint(labels[idx], batch_sh)
+      grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+      if k == 1:
+        (loss, backbone), grads = grad_fn(params, x, y, class_mask, rng)
+      else:
+        # Micro-batch i holds examples i, i + k, i + 2k, ...: every device keeps its share of
+        # each micro-batch, so no data moves between devices. Unrolled: XLA:CPU runs
+        # convolutions inside loops ~30x slower than outside.
+        xs = x.reshape((-1, k) + x.shape[1:])
+        ys = y.reshape(-1, k)
+        loss, grads, backbone = 0.0, None, params["backbone"]
+        for i in range(k):
+          micro = {"backbone": backbone, "head": params["head"]}
+          (loss_i, backbone), grads_i = grad_fn(micro, xs[:, i], ys[:, i], class_mask,
+                                                jax.random.fold_in(rng, i))
+          loss = loss + loss_i / k
+          grads = (jax.tree.map(lambda g: g / k, grads_i) if grads is None else
+                   jax.tree.map(lambda a, g: a + g / k, grads, grads_i))
+      updates, opt_state = make_tx(base_lr).update(grads, state.opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      # Batch-norm moving averages: the training-mode call returns them updated. Their
+      # gradient is exactly zero (training mode does not read them), so the SGD update left
+      # them as they were; every other entry is returned unchanged (new - old = 0 exactly).
+      new_params["backbone"] = jax.tree.map(lambda p, new, old: p + (new - old),
+                                            new_params["backbone"], backbone,
+                                            params["backbone"])
+      return TrainState(new_params, opt_state), loss
 
-  def init_params(self) -> dict[str, Any]:
+    abstract = jax.eval_shape(self._fresh_state)
+    self.param_shardings = sharding_lib.param_shardings(
+        abstract.params, self.mesh, fsdp_regex=fsdp_regex, fsdp_min_size=fsdp_min_size)
+    # optax states mirror the params (momentum traces) plus scalars (counts).
+    self.state_shardings = TrainState(
+        self.param_shardings, self._opt_state_shardings(abstract))
+    repl = sharding_lib.replicated(self.mesh)
+    self._init = jax.jit(self._fresh_state, out_shardings=self.state_shardings)
+    self._step = jax.jit(
+        train_step,
+        in_shardings=(self.state_shardings, repl, repl, repl, repl, repl, repl),
+        out_shardings=(self.state_shardings, repl), donate_argnums=(0,))
+    self._predict = jax.jit(
+        lambda p, x, m: jnp.argmax(logits_fn(p, x, m), -1),
+        in_shardings=(self.param_shardings, batch_sh, repl), out_shardings=batch_sh)
+    self._replicated = repl
+    self._batch_sharding = batch_sh
+
+  def _fresh_state(self) -> TrainState:
     dim = self.model.feature_dim
-    return {"backbone": self.model.params,
-            "head": {"kernel": jnp.zeros((dim, self.head_classes), jnp.float32),
-                     "bias": jnp.zeros((self.head_classes,), jnp.float32)}}
+    params = {"backbone": self.model.params,
+              "head": {"kernel": jnp.zeros((dim, self.head_classes), jnp.float32),
+                       "bias": jnp.zeros((self.head_classes,), jnp.float32)}}
+    # The optimizer state's structure does not depend on the learning rate.
+    return TrainState(params, self._make_tx(0.0).init(params))
+
+  def _opt_state_shardings(self, abstract: TrainState):
+    """Momentum traces sharded like their parameters; everything else replicated."""
+    params_def = jax.tree.structure(abstract.params)
+
+    def walk(node):
+      if jax.tree.structure(node) == params_def:
+        return self.param_shardings
+      if isinstance(node, tuple) and not hasattr(node, "shape"):
+        children = [walk(c) for c in node]
+        return type(node)(*children) if hasattr(node, "_fields") else tuple(children)
+      return jax.tree.map(lambda _: sharding_lib.replicated(self.mesh), node)
+
+    return walk(abstract.opt_state)
+
+  def _probe_rng(self, batch_shape) -> None:
+    """Whether the training mode needs a PRNG key: traced once without one (no compute)."""
+    if self._needs_rng is not None or not self.uses_train_mode:
+      return
+    images = jax.ShapeDtypeStruct(tuple(batch_shape), jnp.float32)
+    try:
+      jax.eval_shape(self._apply_train, self.model.params, images)
+      self._needs_rng = False
+    except ValueError as e:
+      if "PRNG key" not in str(e):
+        raise
+      self._needs_rng = True
+
+  def init_state(self) -> TrainState:
+    """Backbone from the hub model, zero head, fresh optimizer state; placed on the mesh."""
+    return self._init()
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of a TrainState (what a checkpoint restores into)."""
+    shapes = jax.eval_shape(self._fresh_state)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, self.state_shardings)
 
   def class_mask(self, num_classes: int) -> jnp.ndarray:
     if num_classes > self.head_classes:
@@ -107,138 +237,116 @@ class Finetuner:
                        "raise finetune.head_classes.")
     return jnp.arange(self.head_classes) < num_classes
 
-  def train(self, learning_rates, images, labels, num_classes, indices):
-    """Trains one run per learning rate; returns stacked params and losses [R, steps]."""
-    lrs = jnp.asarray(learning_rates, jnp.float32)
-    params = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(lrs),) + a.shape),
-                          self.init_params())
-    opt_state = self._init(lrs, self.init_params())
-    images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-    mask = self.class_mask(num_classes)
-    losses = []
-    for idx in np.asarray(indices):
-      params, opt_state, loss = self._step(lrs, params, opt_state, images, labels, mask,
-                                           jnp.asarray(idx))
-      losses.append(loss)
-    return params, jnp.stack(losses, axis=1)
+  def check_batch_size(self, batch_size: int) -> None:
+    per_step = self.num_devices * self.accumulation_steps
+    if batch_size % per_step:
+      raise ValueError(
+          f"batch_size {batch_size} must be divisible by devices x accumulation_steps = "
+          f"{self.num_devices} x {self.accumulation_steps} = {per_step}")
 
-  def accuracy(self, params, images, labels, num_classes) -> np.ndarray:
-    """Accuracy [R] of each stacked run on all examples (padded batches, counted once)."""
+  def train(self, learning_rate: float, images, labels, num_classes: int, indices, *,
+            seed: int = 0, state: TrainState | None = None, start_step: int = 0,
+            losses: np.ndarray | None = None, every: int = 0,
+            callback: Callable[[int, TrainState, np.ndarray], None] | None = None,
+            ) -> tuple[Any, np.ndarray]:
+    """Trains one run; returns the final params and the [steps] training losses.
+
+    Args:
+      learning_rate: the base learning rate.
+      images, labels: the training split (float images, int labels), on the host.
+      num_classes: the task's class count.
+      indices: [steps, batch] example indices (`batch_indices`).
+      seed: seeds random ops of the training mode (dropout), per step.
+      state, start_step, losses: resume from this state after `start_step` steps, with the
+        first `start_step` losses (from a checkpoint); None: a fresh run.
+      every: every this many steps (and after the last) the losses are fetched, checked and
+        passed to `callback` (0: only after the last step).
+      callback: `callback(step, state, losses)` after `step` steps (e.g. a checkpoint).
+
+    Raises:
+      NonFiniteLoss: when a fetched loss is NaN or infinite.
+    """
+    indices = np.asarray(indices)
+    steps = len(indices)
+    self.check_batch_size(indices.shape[1])
+    self._probe_rng((indices.shape[1] // self.accumulation_steps,) + np.shape(images)[1:])
+    state = self.init_state() if state is None else state
+    all_losses = np.full(steps, np.nan, np.float32)
+    if losses is not None:
+      all_losses[:start_step] = np.asarray(losses)[:start_step]
+    lr = jax.device_put(jnp.float32(learning_rate), self._replicated)
+    x = jax.device_put(jnp.asarray(images, jnp.float32), self._replicated)
+    y = jax.device_put(jnp.asarray(labels, jnp.int32), self._replicated)
+    mask = jax.device_put(self.class_mask(num_classes), self._replicated)
+    key = jax.random.key(seed)
+    pending, first = [], start_step
+    for t in range(start_step, steps):
+      state, loss = self._step(state, lr, x, y, mask, jax.device_put(indices[t], self._replicated),
+                               jax.random.fold_in(key, t))
+      pending.append(loss)
+      if (every and (t + 1) % every == 0) or t + 1 == steps:
+        fetched = np.asarray(jax.device_get(pending), np.float32)
+        all_losses[first:t + 1] = fetched
+        bad = np.flatnonzero(~np.isfinite(fetched))
+        if bad.size:
+          raise NonFiniteLoss(first + int(bad[0]), float(fetched[bad[0]]))
+        pending, first = [], t + 1
+        if callback is not None:
+          callback(t + 1, state, all_losses[:t + 1])
+    return state.params, all_losses
+
+  def accuracy(self, params, images, labels, num_classes: int) -> float:
+    """Accuracy on all examples (padded batches, each example counted once)."""
     mask, bs = self.class_mask(num_classes), self.eval_batch_size
-    num_runs = jax.tree.leaves(params)[0].shape[0]
-    runs = [jax.tree.map(lambda a, i=i: a[i], params) for i in range(num_runs)]
-    correct = np.zeros(num_runs)
+    correct = 0
     for start in range(0, len(images), bs):
-      x = images[start:start + bs]
+      x = np.asarray(images[start:start + bs], np.float32)
       n = len(x)
       if n < bs:  # Pad to a fixed shape so the program compiles once.
         x = np.concatenate([x, np.zeros((bs - n,) + x.shape[1:], x.dtype)])
-      x = jnp.asarray(x)
-      for i, run in enumerate(runs):
-        pred = np.asarray(self._predict(run, x, mask))[:n]
-        correct[i] += (pred == np.asarray(labels[start:start + n])).sum()
+      pred = np.asarray(self._predict(params, jax.device_put(x, self._batch_sharding), mask))[:n]
+      correct += int((pred == np.asarray(labels[start:start + n])).sum())
     return correct / len(images)
 
 
-def finetune_task(tuner: Finetuner, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
-                  num_classes: int, learning_rates: Sequence[float], steps: int,
-                  batch_size: int, repeats: int, seed: int) -> dict[str, Any]:
-  """Runs the protocol for one (model, task); `splits` has train800, val200, test as floats."""
-  x_train, y_train = splits["train800"]
-  result_repeats = []
+def summarize(runs: Sequence[dict[str, Any]], learning_rates: Sequence[float],
+              repeats: int) -> dict[str, Any]:
+  """The protocol's ground truth from its runs: pick by val200 per repeat, median over repeats.
+
+  Args:
+    runs: one dict per (repeat, learning rate) with 'repeat', 'learning_rate',
+      'val_accuracy', 'test_accuracy' (None for a failed run) and 'failure' (None or reason).
+    learning_rates: the grid, in order (ties in val accuracy go to the earlier rate).
+    repeats: the number of repeats.
+
+  Returns:
+    {'test_accuracy', 'val_accuracy': medians over the repeats with a successful run,
+     'learning_rate': the pick of the median repeat, 'repeats': per repeat its pick and runs,
+     'failed_repeats': repeats where every rate failed}; test_accuracy None when none succeeded.
+  """
+  order = {float(lr): i for i, lr in enumerate(learning_rates)}
+  per_repeat, failed = [], []
   for r in range(repeats):
-    run_seed = seed + 7919 * r
-    indices = batch_indices(len(x_train), steps=steps, batch_size=batch_size, seed=run_seed)
-    params, losses = tuner.train(learning_rates, x_train, y_train, num_classes, indices)
-    losses = np.asarray(losses)
-    val = tuner.accuracy(params, *splits["val200"], num_classes)
-    test = tuner.accuracy(params, *splits["test"], num_classes)
-    runs = []
-    for i, lr in enumerate(learning_rates):
-      finite = bool(np.isfinite(losses[i]).all())
-      runs.append({"learning_rate": float(lr), "val_accuracy": float(val[i]) if finite else None,
-                   "test_accuracy": float(test[i]) if finite else None,
-                   "final_loss": float(losses[i, -1]) if finite else None,
-                   "loss_curve": [float(v) for v in losses[i]] if finite else None,
-                   "failure": None if finite else "non-finite training loss"})
-    ok = [run for run in runs if run["failure"] is None]
+    mine = sorted((run for run in runs if run["repeat"] == r),
+                  key=lambda run: order[float(run["learning_rate"])])
+    ok = [run for run in mine if run.get("failure") is None]
     if not ok:
-      raise FloatingPointError(f"every learning rate diverged (losses {losses[:, -1]})")
-    best = max(ok, key=lambda run: run["val_accuracy"])  # max keeps the first of ties.
-    result_repeats.append({"seed": run_seed, "learning_rate": best["learning_rate"],
-                           "val_accuracy": best["val_accuracy"],
-                           "test_accuracy": best["test_accuracy"], "runs": runs})
-  order = np.argsort([rep["test_accuracy"] for rep in result_repeats], kind="stable")
-  median_rep = result_repeats[order[(len(order) - 1) // 2]]
-  return {
-      "test_accuracy": float(np.median([rep["test_accuracy"] for rep in result_repeats])),
-      "val_accuracy": float(np.median([rep["val_accuracy"] for rep in result_repeats])),
-      "learning_rate": median_rep["learning_rate"],
-      "repeats": result_repeats,
-  }
-
-
-def _fingerprint(config, entry, task) -> str:
-  ft = config.finetune
-  return wd.fingerprint(_VERSION, entry.to_json(), task.name, task.tfds_name,
-                        {k: task.split(k) for k in ("train800", "val200", "test")},
-                        ft.to_dict(), config.seed)
-
-
-def load(config, workdir, entry, task) -> dict[str, Any] | None:
-  """The finished result of (entry, task), or None if absent or unusable."""
-  return wd.read_json(wd.finetune_path(workdir, entry.name, task.name),
-                      fingerprint_=_fingerprint(config, entry, task),
-                      required=("test_accuracy", "val_accuracy", "learning_rate"))
-
-
-def run_stage(study) -> None:
-  """Fine-tunes this process's (model, task) items not yet done; one atomic JSON per item."""
-  config, workdir, items, tasks = study.config, study.workdir, study.items(), study.tasks
-  by_name = {e.name: e for e in study.entries}
-  task_by_name = {t.name: t for t in tasks}
-  todo = [(m, t) for m, t in items if load(config, workdir, by_name[m], task_by_name[t]) is None]
-  if not todo:
-    logging.info("finetune: all %d items done.", len(items))
-    return
-  ft = config.finetune
-  head_classes = max(t.num_classes for t in tasks)
-  raw: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-  tuner, current = None, None
-  for m, t in tqdm.tqdm(todo, desc="finetune", unit="item"):
-    entry, task = by_name[m], task_by_name[t]
-    if current != m:
-      model = hub.load_entry(entry)
-      tuner, current = Finetuner(model, head_classes=head_classes, momentum=ft.momentum,
-                                 steps=ft.steps, decay_at=ft.decay_at,
-                                 warmup_steps=ft.warmup_steps,
-                                 eval_batch_size=ft.eval_batch_size,
-                                 grad_clip_norm=ft.grad_clip_norm or None), m
-    splits = {}
-    size = entry.input_size or model.input_size
-    for s in ("train800", "val200", "test"):
-      if task.image_size is None:  # Images of many sizes: resize while reading.
-        if size is None:
-          raise ValueError(f"Model {m!r} declares no input size and task {t!r} has images of "
-                           "many sizes; set input_size in the model's entry.")
-        splits[s] = pipeline.load_resized(task, s, image_size=size,
-                                          value_range=model.value_range,
-                                          data_dir=study.data_dir)
-        continue
-      if (t, s) not in raw:
-        raw[t, s] = pipeline.load_split(task, s, data_dir=study.data_dir)
-      images, labels = raw[t, s]
-      splits[s] = (pipeline.to_model_input(images, image_size=size or images.shape[1],
-                                           value_range=model.value_range), labels)
-    start = time.perf_counter()
-    result = {"model": m, "task": t, "fingerprint": _fingerprint(config, entry, task)}
-    try:
-      result.update(finetune_task(tuner, splits, num_classes=task.num_classes,
-                                  learning_rates=ft.learning_rates, steps=ft.steps,
-                                  batch_size=ft.batch_size, repeats=ft.repeats, seed=config.seed))
-    except FloatingPointError as e:
-      logging.error("finetune %s on %s failed: %s", m, t, e)
-      wd.write_json(wd.failure_path(workdir, "finetune", m, t), {**result, "failure": str(e)})
+      failed.append({"repeat": r, "failures": [run.get("failure") for run in mine]})
       continue
-    result["secs"] = time.perf_counter() - start
-    wd.write_json(wd.finetune_path(workdir, m, t), result)
+    best = max(ok, key=lambda run: run["val_accuracy"])  # max keeps the first of ties.
+    per_repeat.append({"repeat": r, "seed": best.get("seed"),
+                       "learning_rate": best["learning_rate"],
+                       "val_accuracy": best["val_accuracy"],
+                       "test_accuracy": best["test_accuracy"], "runs": mine})
+  if not per_repeat:
+    return {"test_accuracy": None, "val_accuracy": None, "learning_rate": None,
+            "repeats": [], "failed_repeats": failed}
+  order_by_test = np.argsort([rep["test_accuracy"] for rep in per_repeat], kind="stable")
+  median_rep = per_repeat[order_by_test[(len(order_by_test) - 1) // 2]]
+  return {
+      "test_accuracy": float(np.median([rep["test_accuracy"] for rep in per_repeat])),
+      "val_accuracy": float(np.median([rep["val_accuracy"] for rep in per_repeat])),
+      "learning_rate": median_rep["learning_rate"],
+      "repeats": per_repeat,
+      "failed_repeats": failed,
+  }

@@ -38,10 +38,29 @@ def run(config, workdir: str) -> None:
     logging.info("stage %s: done in %.1fs", name, time.perf_counter() - start)
 
 
+def initialize_distributed(config) -> None:
+  """jax.distributed.initialize() when config.distributed.initialize is set.
+
+  Empty / negative fields are left to JAX, which detects them on TPU pods and under SLURM.
+  """
+  dist = config.get("distributed")
+  if not dist or not dist.get("initialize"):
+    return
+  kwargs = {}
+  if dist.get("coordinator_address"):
+    kwargs["coordinator_address"] = dist.coordinator_address
+  if dist.get("num_processes", -1) >= 0:
+    kwargs["num_processes"] = dist.num_processes
+  if dist.get("process_id", -1) >= 0:
+    kwargs["process_id"] = dist.process_id
+  jax.distributed.initialize(**kwargs)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   tf.config.set_visible_devices([], "GPU")  # TensorFlow reads data only; JAX owns the devices.
+  initialize_distributed(_CONFIG.value)
   logging.info("JAX %s: %d process(es), devices %s", jax.__version__, jax.process_count(),
                jax.devices())
   logging.info("Config:\n%s", _CONFIG.value)

@@ -13,7 +13,7 @@ import jax
 import tqdm
 
 from model_search import features
-from model_search import finetune
+from model_search import finetune_grid
 from model_search import regret
 from model_search import report
 from model_search import scores as scores_lib
@@ -149,7 +149,7 @@ def _gather(study):
   for t in study.tasks:
     accuracies[t.name], all_scores[t.name] = {}, {}
     for m in study.model_names:
-      ft = finetune.load(study.config, study.workdir, by_name[m], t)
+      ft = finetune_grid.load(study.config, study.workdir, by_name[m], t)
       if ft is None:
         missing.append(f"finetune {m}/{t.name}")
       else:
@@ -203,7 +203,7 @@ STAGES: dict[str, Callable] = {
     "zoo": zoo,
     "features": features.run_stage,
     "scores": scores,
-    "finetune": finetune.run_stage,
+    "finetune": finetune_grid.run_stage,
     "select": select,
     "report": report_stage,
 }

@@ -7,6 +7,7 @@ import sys
 # Shared test helpers (tests/scores/score_data.py): --import-mode=importlib puts no test
 # directory on sys.path by itself.
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "scores"))
+sys.path.insert(0, str(pathlib.Path(__file__).parent))  # tests/grid_driver.py
 
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")

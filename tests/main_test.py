@@ -52,7 +52,10 @@ def _results(workdir):
     if path.suffix == ".json" and rel.split("/")[0] in ("finetune", "scores"):
       data = json.loads(path.read_text())
       data.pop("secs", None)
+      data.pop("execution", None)  # Where and how long a fine-tuning run ran.
       out[rel] = data
+    elif rel == "finetune/table.csv":
+      out[rel] = path.read_text()
     elif path.suffix == ".npz":
       with np.load(path, allow_pickle=False) as data:
         out[rel] = {k: data[k].tolist() for k in data.files}
@@ -141,15 +144,17 @@ def test_killed_run_resumes_to_identical_results(smoke_run, cache_dir, tmp_path)
   try:
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-      if len(list((workdir / "finetune").rglob("*.json"))) >= 2:
+      if len(list((workdir / "finetune").rglob("runs/*.json"))) >= 2:
         break
       time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be killed mid-stage"
     proc.send_signal(signal.SIGKILL)
   finally:
     proc.wait()
-  done = len(list((workdir / "finetune").rglob("*.json")))
-  assert 2 <= done < len(config.zoo.models) * len(config.tasks)
+  done = len(list((workdir / "finetune").rglob("runs/*.json")))
+  runs = (len(config.zoo.models) * len(config.tasks) * config.finetune.repeats *
+          len(config.finetune.learning_rates))
+  assert 2 <= done < runs
   main.run(config, str(workdir))
   assert _results(workdir) == _results(reference)
 
