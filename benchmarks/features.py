@@ -20,20 +20,20 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from model_search import features  # pylint: disable=g-import-not-at-top
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top
+from model_search import features
 from model_search.models import hub
 
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per batch, both sides.")
@@ -51,26 +51,6 @@ def _build(path: str, size: int) -> int:
                                          input_shape=(size, size, 3))
   tf.saved_model.save(model, path)
   return model.count_params()
-
-
-def _best(fn, repeats: int) -> float:
-  """Best wall time of fn() over repeats."""
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
-
-
-def _matmul_peak_flops() -> float:
-  """Measured float32 matmul FLOP/s of the default device (8192^2 on GPU)."""
-  n = 8192 if jax.default_backend() == "gpu" else 2048
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  secs = _best(lambda: f(a).block_until_ready(), 5)
-  return 2 * n ** 3 / secs
 
 
 def main(argv):
@@ -105,8 +85,8 @@ def main(argv):
     got = extractor(batches[0])["features"]
     rel = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
 
-    t_tf = _best(run_tf, _REPEATS.value)
-    t_jax = _best(run_jax, _REPEATS.value)
+    t_tf = common.best_time(run_tf, _REPEATS.value)
+    t_jax = common.best_time(run_jax, _REPEATS.value)
   n = bs * nb
   print(f"ResNet-50 ({num_params:,} params), {size}x{size}, batch {bs}, {n} images; "
         f"JAX devices: {jax.devices()}")
@@ -115,7 +95,7 @@ def main(argv):
   print(f"model_search (tf2jax): {n / t_jax:8.1f} images/s")
   print(f"ratio model_search / TensorFlow: {t_tf / t_jax:.2f}x")
   if jax.default_backend() == "gpu":
-    peak = _matmul_peak_flops()
+    peak = common.matmul_peak_flops()
     flops = 2 * _RESNET50_MACS_224 * (size / 224) ** 2 * n / t_jax
     print(f"measured matmul peak {peak / 1e12:.1f} TFLOP/s; extraction {flops / 1e12:.2f} "
           f"TFLOP/s = {flops / peak:.1%} of it")

@@ -11,6 +11,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import tensorflow as tf
 
@@ -35,6 +36,8 @@ def run(config, workdir: str) -> None:
     start = time.perf_counter()
     logging.info("stage %s: start", name)
     stages.STAGES[name](study)
+    if jax.process_count() > 1:  # A stage reads what every process wrote in the one before.
+      multihost_utils.sync_global_devices(f"model_search_stage_{name}")
     logging.info("stage %s: done in %.1fs", name, time.perf_counter() - start)
 
 
@@ -53,6 +56,8 @@ def initialize_distributed(config) -> None:
     kwargs["num_processes"] = dist.num_processes
   if dist.get("process_id", -1) >= 0:
     kwargs["process_id"] = dist.process_id
+  # Collectives between CPU processes (the barriers between stages, CPU-only clusters).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
 
 

@@ -10,6 +10,7 @@ from typing import Callable
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import tqdm
 
 from model_search import features
@@ -30,6 +31,15 @@ _SCORES_VERSION = "scores-v2"
 
 def zoo(study) -> None:
   """Builds (pre-trains and exports) the mini zoo's models not cached yet; records the models."""
+  if jax.process_count() > 1:
+    # The mini suite's data and the mini zoo are generated into shared folders: process 0
+    # makes them while the others wait, then everyone finds them made.
+    if jax.process_index() == 0:
+      if study.config.suite == "mini":
+        mini.prepare([t.name for t in study.tasks], data_dir=study.data_dir)
+      if study.config.collection == "mini":
+        mini_zoo.build(study.config.zoo, study.cache_dir / "zoo", study.data_dir)
+    multihost_utils.sync_global_devices("model_search_zoo_built")
   if study.config.collection == "mini":
     entries = mini_zoo.build(study.config.zoo, study.cache_dir / "zoo", study.data_dir)
   else:

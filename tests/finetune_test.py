@@ -117,12 +117,11 @@ class _Cnn(nn.Module):
 def _cnn_model(batch_norm=False):
   net = _Cnn(batch_norm=batch_norm)
   variables = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-  train_fn = None
-  if batch_norm:
-    def train_fn(v, x):
-      out, new = net.apply(v, x, train=True, mutable=["batch_stats"])
-      return out, {**v, **new}
-  return hub.from_flax(net.apply, variables, name="cnn", input_size=8, apply_train_fn=train_fn)
+  def train_fn(v, x):
+    out, new = net.apply(v, x, train=True, mutable=["batch_stats"])
+    return out, {**v, **new}
+  return hub.from_flax(net.apply, variables, name="cnn", input_size=8,
+                       apply_train_fn=train_fn if batch_norm else None)
 
 
 def _images(n, seed=0, classes=3):
