@@ -198,7 +198,9 @@ class Checkpointer:
   arrays: orbax refuses to write process-local jax.Arrays in a multi-process job.
   """
 
-  def __init__(self, directory: epath.Path):
+  def __init__(self, directory: epath.Path, fingerprint: str = ""):
+    self.fingerprint = fingerprint
+    directory = epath.Path(directory)
     pid = jax.process_index()
     directory.mkdir(parents=True, exist_ok=True)  # orbax will not with active_processes set.
     options = ocp.CheckpointManagerOptions(
@@ -214,13 +216,25 @@ class Checkpointer:
   def save(self, step: int, state: finetune.TrainState, losses: np.ndarray) -> None:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(jax.device_get(state)),
-        meta=ocp.args.JsonSave({"step": int(step), "losses": [float(v) for v in losses]})))
+        meta=ocp.args.JsonSave({"step": int(step), "losses": [float(v) for v in losses],
+                                "fingerprint": self.fingerprint})))
     self._manager.wait_until_finished()
 
   def restore(self, abstract_state: finetune.TrainState):
-    """(step, state, losses) of the latest checkpoint, or None when there is none."""
+    """(step, state, losses) of the latest checkpoint, or None when there is none.
+
+    A checkpoint of another run (another config or model version: its fingerprint differs)
+    is deleted, and the run starts afresh.
+    """
     step = self._manager.latest_step()
     if step is None:
+      return None
+    meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    if meta["meta"].get("fingerprint") != self.fingerprint:
+      logging.warning("Discarding the checkpoint in %s: made by another config or model "
+                      "version.", self.directory)
+      self.delete()
+      self.__init__(self.directory, self.fingerprint)
       return None
     target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state)
     out = self._manager.restore(step, args=ocp.args.Composite(
@@ -298,7 +312,8 @@ def _tuner(config, model, head_classes: int) -> finetune.Finetuner:
 
 
 def train_item(config, workdir, tuner: finetune.Finetuner, item: Item, splits, *,
-               num_classes: int, metrics: _Jsonl | None = None) -> dict[str, Any]:
+               num_classes: int, fingerprint: str = "",
+               metrics: _Jsonl | None = None) -> dict[str, Any]:
   """Trains and evaluates one run, checkpointing and resuming; returns its result fields."""
   ft = config.finetune
   x_train, y_train = splits["train800"]
@@ -309,7 +324,8 @@ def train_item(config, workdir, tuner: finetune.Finetuner, item: Item, splits, *
   log_every = int(ft.get("log_every", 0) or 0)
   every = math.gcd(every_ckpt, log_every) if every_ckpt and log_every else (every_ckpt or
                                                                            log_every)
-  ckpt = Checkpointer(checkpoint_dir(workdir, item)) if every_ckpt else None
+  ckpt = (Checkpointer(checkpoint_dir(workdir, item), fingerprint=fingerprint)
+          if every_ckpt else None)
   state, start, losses = None, 0, None
   if ckpt is not None:
     restored = ckpt.restore(tuner.abstract_state())
@@ -401,7 +417,8 @@ def run_stage(study) -> None:
       if splits_cache[item.task] is None:
         raise _DatasetUnavailable(splits_failures[item.task])
       result.update(train_item(config, workdir, tuner, item, splits_cache[item.task],
-                               num_classes=task.num_classes, metrics=metrics))
+                               num_classes=task.num_classes,
+                               fingerprint=result["fingerprint"], metrics=metrics))
     except Exception as e:  # pylint: disable=broad-except
       reason = classify_failure(e)
       logging.error("finetune %s failed: %s\n%s", item.name, reason, traceback.format_exc())

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -182,3 +183,21 @@ def test_failures_are_recorded_with_their_reason_and_the_grid_goes_on(tmp_path, 
   assert run("net_a", "mini_digits", 0, 0.1)["failure"] is None
   retried = tmp_path / "finetune" / "net_a" / "mini_digits" / "runs" / "r0_lr0.01.json"
   assert os.stat(retried).st_mtime_ns != before[retried]
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
+  model = hub.from_flax(lambda p, x: x.reshape(x.shape[0], -1) @ p["w"],
+                        {"w": jnp.ones((192, 4)) * 0.01}, name="lin", input_size=8)
+  tuner = finetune.Finetuner(model, head_classes=3, momentum=0.9, steps=4, decay_at=(),
+                             warmup_steps=0, eval_batch_size=8)
+  state = tuner.init_state()
+  old = finetune_grid.Checkpointer(tmp_path / "ckpt", fingerprint="config-a")
+  old.save(2, state, np.array([1.0, 0.5], np.float32))
+  step, restored, losses = old.restore(tuner.abstract_state())
+  assert step == 2 and losses.tolist() == [1.0, 0.5]
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  old.close()
+  new = finetune_grid.Checkpointer(tmp_path / "ckpt", fingerprint="config-b")
+  assert new.restore(tuner.abstract_state()) is None
+  assert new.latest_step() is None  # Deleted, not kept around.
