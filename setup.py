@@ -47,6 +47,8 @@ setuptools.setup(
     version="0.1.0",
     description="Rank pre-trained models for transfer with cheap proxies, and measure the regret.",
     packages=setuptools.find_packages(include=["model_search", "model_search.*"]),
+    # The VTAB reference's published fine-tune accuracies (model_search/published.py).
+    package_data={"model_search.data": ["vtab_published_results.csv"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TESTS_REQUIRE},

@@ -15,9 +15,11 @@ import tqdm
 
 from model_search import features
 from model_search import finetune_grid
+from model_search import published
 from model_search import regret
 from model_search import report
 from model_search import scores as scores_lib
+from model_search import study as study_lib
 from model_search import workdir as wd
 from model_search.data import mini
 from model_search.data import pipeline
@@ -152,24 +154,43 @@ def scores(study) -> None:
                    "fingerprint": _score_fingerprint(study, entry, task)})
 
 
-def _gather(study):
-  """Scores and fine-tune accuracies of the whole grid; missing items are left out."""
+def _ground_truth(study, missing: list[str]) -> dict[str, dict[str, float]]:
+  """task -> model -> test accuracy: published (config.ground_truth) or the finetune stage's."""
+  if study_lib.ground_truth_of(study.config) == "published":
+    return published.accuracies_for(study.entries, [t.name for t in study.tasks],
+                                    study_lib.train_examples(study.config))
   by_name = {e.name: e for e in study.entries}
-  accuracies, all_scores, missing = {}, {}, []
+  accuracies = {}
   for t in study.tasks:
-    accuracies[t.name], all_scores[t.name] = {}, {}
+    accuracies[t.name] = {}
     for m in study.model_names:
       ft = finetune_grid.load(study.config, study.workdir, by_name[m], t)
       if ft is None:
         missing.append(f"finetune {m}/{t.name}")
       else:
         accuracies[t.name][m] = ft["test_accuracy"]
-      sc = load_scores(study, by_name[m], t)
-      if sc is None:
-        missing.append(f"scores {m}/{t.name}")
-        continue
-      for score_name, values in sc["scores"].items():
-        all_scores[t.name].setdefault(score_name, {})[m] = values["score"]
+  return accuracies
+
+
+def _gather(study):
+  """Ground truth and scores of the whole grid; missing items are left out.
+
+  Scores are read only when config.scores names some: a config without scores (e.g.
+  configs/vtab_published.py by default) leaves the workdir's scores/ files alone.
+  """
+  by_name = {e.name: e for e in study.entries}
+  missing = []
+  accuracies = _ground_truth(study, missing)
+  all_scores = {t.name: {} for t in study.tasks}
+  if study.config.scores.to_dict():
+    for t in study.tasks:
+      for m in study.model_names:
+        sc = load_scores(study, by_name[m], t)
+        if sc is None:
+          missing.append(f"scores {m}/{t.name}")
+          continue
+        for score_name, values in sc["scores"].items():
+          all_scores[t.name].setdefault(score_name, {})[m] = values["score"]
   if missing:
     logging.warning("select: %d results missing (reported as missing): %s", len(missing),
                     ", ".join(missing[:10]))
@@ -202,10 +223,18 @@ def report_stage(study) -> None:
   if not path.exists():
     raise ValueError(f"No selection table at {path}; run the 'select' stage before 'report'.")
   accuracies, _ = _gather(study)
+  title = f"model_search: {study.config.suite} suite, {len(study.model_names)} models"
+  if study_lib.ground_truth_of(study.config) == "published":
+    train = study_lib.train_examples(study.config)
+    title += f", published {'VTAB-1k' if train == '1000' else 'full-data'} ground truth"
+    if (study.config.get("published") or {}).get("include_from_scratch", False):
+      # A reference row of the accuracy table, never a pool member (see published.py).
+      scratch = published.load_accuracies(train, include_from_scratch=True)
+      accuracies = {t: {**acc, published.FROM_SCRATCH: scratch[t][published.FROM_SCRATCH]}
+                    for t, acc in accuracies.items()}
   summary = report.write_report(
       report.read_table(str(path)), str(wd.report_dir(study.workdir)), accuracies=accuracies,
-      entries=study.entries, task_groups={t.name: t.group for t in study.tasks},
-      title=f"model_search: {study.config.suite} suite, {len(study.model_names)} models")
+      entries=study.entries, task_groups={t.name: t.group for t in study.tasks}, title=title)
   logging.info("report: %s", summary)
 
 

@@ -12,6 +12,7 @@ from etils import epath
 from model_search.data import mini
 from model_search.data import vtab
 from model_search.data.task import Task
+from model_search import published
 from model_search import scores as scores_lib
 from model_search.models import mini_zoo
 from model_search.models import pools
@@ -24,6 +25,10 @@ SUITES = {"mini": mini, "vtab": vtab}
 # 'tfhub' / 'tfhub_set_b': the paper's 46 TF-Hub models (models/zoo.py), optionally only
 # config.hub_models.
 COLLECTIONS = ("mini", "user", "tfhub", "tfhub_set_b")
+# config.ground_truth: 'finetune' (the default: the finetune stage's results in the workdir) or
+# 'published' (the VTAB reference's accuracies of the VTAB hub models, model_search/published.py;
+# config.published.train_examples picks VTAB-1k (1000) or full-data results).
+GROUND_TRUTHS = ("finetune", "published")
 
 
 def default_cache_dir() -> epath.Path:
@@ -74,15 +79,26 @@ def from_config(config, workdir) -> Study:
   if config.collection not in COLLECTIONS:
     raise ValueError(f"Unknown model collection {config.collection!r}; "
                      f"known collections: {', '.join(COLLECTIONS)}")
+  ground_truth = ground_truth_of(config)
+  if ground_truth not in GROUND_TRUTHS:
+    raise ValueError(f"Unknown ground truth {ground_truth!r}; valid values of "
+                     f"config.ground_truth: {', '.join(GROUND_TRUTHS)}")
   tasks = [SUITES[config.suite].get_task(name) for name in config.tasks]
   if not tasks:
     raise ValueError("config.tasks is empty; name at least one task.")
+  if ground_truth == "published" and (config.suite != "vtab" or config.collection == "mini"):
+    raise ValueError(f"config.ground_truth is 'published', which has results of the VTAB hub "
+                     f"models on VTAB-1k only; this config has suite {config.suite!r} and "
+                     f"collection {config.collection!r}. Use suite 'vtab' with the VTAB models "
+                     "(configs/vtab_published.py), or ground_truth 'finetune'.")
   if config.collection == "mini":
     mini_zoo.validate(config.zoo)
   elif config.collection == "user":
-    user_entries(config)  # Validates config.models.
+    entries = user_entries(config)  # Validates config.models.
   else:
-    hub_entries(config)  # Validates config.hub_models.
+    entries = hub_entries(config)  # Validates config.hub_models.
+  if ground_truth == "published":  # Every model and task has a published result.
+    published.accuracies_for(entries, [t.name for t in tasks], train_examples(config))
   scores_lib.validate(config.scores.to_dict())
   custom = config.select.custom_pools.to_dict()
   unknown = [p for p in config.select.pools if p not in pools.POOLS and p not in custom]
@@ -94,6 +110,16 @@ def from_config(config, workdir) -> Study:
       cache_dir / "tfds")
   return Study(config=config, workdir=epath.Path(workdir), data_dir=data_dir,
                cache_dir=cache_dir, tasks=tasks)
+
+
+def ground_truth_of(config) -> str:
+  """config.ground_truth, 'finetune' where the config does not say."""
+  return config.get("ground_truth", "finetune")
+
+
+def train_examples(config) -> str:
+  """The published results' training-set size: config.published.train_examples (default 1000)."""
+  return str((config.get("published") or {}).get("train_examples", 1000))
 
 
 def user_entries(config) -> list[ModelEntry]:
