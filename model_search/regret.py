@@ -4,15 +4,19 @@ Renggli et al., "Which Model to Transfer?", Sec. 3: with fine-tuned test accurac
 on a task, a selection's accuracy is the best of its models; the absolute regret is
 oracle - selection and the relative regret is relative_delta(oracle, selection), where
 relative_delta(s1, s2) = (s1 - s2) / (1 - min(s1, s2)) measures a gain as a fraction of the
-error that was left. `evaluate_selections` runs every strategy on every (pool, task, budget)
-and returns the table that the report stage turns into Markdown, CSV and figures.
+error that was left. Appendix C's log-odds view measures the same gap as
+logit(oracle) - logit(selection). `evaluate_selections` runs every strategy on every
+(pool, task, budget) and returns the table that the report stage turns into Markdown, CSV and
+figures; `zero_regret_fraction` reads the budget curve of optimal picks off that table, and
+`expected_regret` averages a strategy's regret over repeats with random scores or accuracies.
+Rank metrics (`rank_correlations`, `relative_top_k`) compare a score with fine-tuned accuracy.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,7 +27,11 @@ from model_search.data.task import GROUPS
 from model_search.models.zoo import ModelEntry
 
 COLUMNS = ("pool", "task", "group", "strategy", "budget", "selected", "accuracy",
-           "oracle_accuracy", "absolute_regret", "relative_regret", "optimal", "missing")
+           "oracle_accuracy", "absolute_regret", "relative_regret", "log_odds_regret", "optimal",
+           "missing")
+REGRET_METRICS = ("absolute_regret", "relative_regret", "log_odds_regret")
+# Accuracies are clipped to [eps, 1 - eps] before the logit: one error in 10^4 test examples.
+LOG_ODDS_EPS = 1e-4
 
 
 def _check_accuracy(value: float, what: str) -> float:
@@ -112,29 +120,288 @@ def relative_regret(accuracies: Mapping[str, float], selected: Sequence[str]) ->
   return relative_delta(max(acc.values()), _selection_max(acc, selected))
 
 
-def rank_correlations(scores: Mapping[str, float],
-                      accuracies: Mapping[str, float]) -> dict[str, float]:
-  """Rank agreement between a score and fine-tuned accuracy over their common models.
+def _check_eps(eps: float) -> float:
+  eps = float(eps)
+  if not 0.0 <= eps < 0.5:
+    raise ValueError(f"eps must be in [0, 0.5) (accuracies are clipped to [eps, 1 - eps]); "
+                     f"got {eps}")
+  return eps
+
+
+def logit(p: float, *, eps: float = LOG_ODDS_EPS) -> float:
+  """log(p / (1 - p)) of an accuracy clipped to [eps, 1 - eps].
 
   Args:
-    scores: model name -> score (higher = predicted better).
-    accuracies: model name -> fine-tuned test accuracy in [0, 1].
+    p: an accuracy in [0, 1].
+    eps: the clip, in [0, 0.5). With eps > 0 the result is finite, at most
+      logit(1 - eps) in magnitude; with eps = 0, logit(0) = -inf and logit(1) = inf.
 
   Returns:
-    {'spearman', 'kendall' (tau-b), 'weighted_tau' (scipy's default hyperbolic
-    weigher, ranks by importance of the scores), 'pearson'}; each NaN when
-    either side is constant over the common models.
+    The log-odds, a float (never NaN).
+  """
+  p = _check_accuracy(p, "p")
+  eps = _check_eps(eps)
+  p = min(max(p, eps), 1.0 - eps)
+  if p == 0.0:
+    return -math.inf
+  if p == 1.0:
+    return math.inf
+  return math.log(p) - math.log1p(-p)
+
+
+def log_odds_delta(s1: float, s2: float, *, eps: float = LOG_ODDS_EPS) -> float:
+  """logit(s1) - logit(s2), accuracies clipped to [eps, 1 - eps] (see `logit`).
+
+  Defined as 0 when s1 == s2, so with eps = 0 the result is never inf - inf:
+  it is +-inf when exactly one of s1, s2 is 0 or 1, and finite otherwise.
+
+  Args:
+    s1: an accuracy in [0, 1].
+    s2: an accuracy in [0, 1].
+    eps: the clip, in [0, 0.5).
+
+  Returns:
+    The log-odds difference, a float (never NaN).
+  """
+  l1, l2 = logit(s1, eps=eps), logit(s2, eps=eps)
+  return 0.0 if s1 == s2 else l1 - l2
+
+
+def log_odds_regret(accuracies: Mapping[str, float], selected: Sequence[str], *,
+                    eps: float = LOG_ODDS_EPS) -> float:
+  """logit(oracle accuracy) - logit(selection accuracy): Appendix C's log-odds regret.
+
+  Both accuracies are clipped to [eps, 1 - eps] first (see `logit`), so near
+  0 and 1, where accuracy differences are compressed, a gap counts more: a
+  selection at 0.98 under an oracle at 0.99 loses log(99) - log(49) = 0.70,
+  one at 0.50 under 0.51 loses 0.04.
+
+  Args:
+    accuracies: model name -> fine-tuned test accuracy in [0, 1], the whole pool.
+    selected: the selected model names.
+    eps: the clip, in [0, 0.5). With eps > 0 the regret is finite; with
+      eps = 0 it is inf when the oracle is 1 or the selection 0 (and they differ).
+
+  Returns:
+    A float >= 0; exactly 0 when the selection contains an oracle-best model.
   """
   acc = _check_accuracies(accuracies)
+  return log_odds_delta(max(acc.values()), _selection_max(acc, selected), eps=eps)
+
+
+def _regrets(best: float, sel: float, eps: float) -> dict[str, float]:
+  """The REGRET_METRICS of a selection at `sel` under an oracle at `best`."""
+  return {"absolute_regret": best - sel, "relative_regret": relative_delta(best, sel),
+          "log_odds_regret": log_odds_delta(best, sel, eps=eps)}
+
+
+def _random_regrets(sorted_acc: np.ndarray, budget: int, eps: float) -> dict[str, float]:
+  """Exact expectations of the REGRET_METRICS over uniformly random B-subsets.
+
+  Each regret is a function of the subset's max, so the order-statistic weights of
+  `strategies.random_max_weights` give its expectation; zero weights are skipped so an
+  infinite log-odds term that cannot occur does not turn the sum into NaN.
+  """
+  w = strategies.random_max_weights(len(sorted_acc), budget)
+  best = float(sorted_acc[-1])
+  terms = [(wi, _regrets(best, float(a), eps)) for wi, a in zip(w, sorted_acc) if wi > 0]
+  return {k: math.fsum(wi * r[k] for wi, r in terms) for k in REGRET_METRICS}
+
+
+class RepeatedRegret(NamedTuple):
+  """A strategy's regret over repeats.
+
+  Attributes:
+    mean: the mean of `per_repeat` (math.fsum / count).
+    per_repeat: the regret of each (scores, accuracies) repeat pair, in order.
+    selections: the selected names per repeat pair (empty tuples for 'random').
+  """
+  mean: float
+  per_repeat: tuple[float, ...]
+  selections: tuple[tuple[str, ...], ...]
+
+
+def _repeats(values, what: str) -> list:
+  values = [values] if values is None or isinstance(values, Mapping) else list(values)
+  if not values:
+    raise ValueError(f"No {what} repeats; give a dict or a non-empty list of dicts.")
+  return values
+
+
+def expected_regret(select: Callable[[Mapping[str, float] | None], Sequence[str]] | str,
+                    accuracies: Mapping[str, float] | Sequence[Mapping[str, float]], *,
+                    scores: (Mapping[str, float] | Sequence[Mapping[str, float]]
+                             | None) = None,
+                    budget: int | None = None, metric: str = "relative_regret",
+                    pairing: str = "zip", eps: float = LOG_ODDS_EPS) -> RepeatedRegret:
+  """The expected regret of a strategy when scores and/or accuracies vary over repeats.
+
+  A repeat pairs one score dict (e.g. a score computed with one seed) with one
+  accuracy dict (e.g. one fine-tuning repeat) of the same task. For each pair,
+  the strategy selects from the scores and the regret is measured against that
+  repeat's accuracies: its oracle is the best accuracy of that dict, and a
+  selected model absent from it is an error (missing ground truth is never 0).
+  The result is the plain mean of these per-pair regrets, each pair weighted
+  equally. A single dict (not a list) is the same in every repeat.
+
+  Args:
+    select: scores -> selected names (called with one repeat's score dict, or
+      None when `scores` is None), e.g. `lambda s: strategies.task_aware(s, 2)`;
+      or 'random': the exact expectation over uniformly random `budget`-subsets
+      of each repeat's models (scores are not used).
+    accuracies: model name -> fine-tuned test accuracy in [0, 1], or a list of
+      such dicts, one per repeat.
+    scores: model name -> score, a list of them (one per repeat), or None.
+    budget: B, needed (only) for select='random'.
+    metric: 'absolute_regret', 'relative_regret' or 'log_odds_regret'.
+    pairing: 'zip': repeat r uses scores[r] and accuracies[r] (lists of equal
+      length; a single dict is broadcast); 'product': every score repeat with
+      every accuracy repeat (for independent noise sources), scores-major.
+    eps: the clip of 'log_odds_regret' (see `logit`).
+
+  Returns:
+    RepeatedRegret(mean, per_repeat, selections).
+  """
+  if metric not in REGRET_METRICS:
+    raise ValueError(f"Unknown metric {metric!r}; valid metrics: {', '.join(REGRET_METRICS)}")
+  if not callable(select) and select != "random":
+    raise ValueError(f"select must be a callable (scores -> selected names) or 'random'; "
+                     f"got {select!r}")
+  if select == "random" and budget is None:
+    raise ValueError("select='random' needs a budget.")
+  eps = _check_eps(eps)
+  accs = [_check_accuracies(a) for a in _repeats(accuracies, "accuracy")]
+  score_list = _repeats(scores, "score")
+  if pairing == "product":
+    pairs = [(s, a) for s in score_list for a in accs]
+  elif pairing == "zip":
+    n = max(len(score_list), len(accs))
+    if {len(score_list), len(accs)} - {1, n}:
+      raise ValueError(f"pairing='zip' needs as many score repeats as accuracy repeats (or a "
+                       f"single dict of one); got {len(score_list)} score and {len(accs)} "
+                       "accuracy repeats. Use pairing='product' for every combination.")
+    pairs = [(score_list[r % len(score_list)], accs[r % len(accs)]) for r in range(n)]
+  else:
+    raise ValueError(f"Unknown pairing {pairing!r}; valid pairings: zip, product")
+  values, selections = [], []
+  for s, acc in pairs:
+    best = max(acc.values())
+    if select == "random":
+      values.append(_random_regrets(np.sort(np.array(list(acc.values()))), budget, eps)[metric])
+      selections.append(())
+    else:
+      chosen = tuple(select(s))
+      values.append(_regrets(best, _selection_max(acc, chosen), eps)[metric])
+      selections.append(chosen)
+  return RepeatedRegret(math.fsum(values) / len(values), tuple(values), tuple(selections))
+
+
+def zero_regret_fraction(table: pd.DataFrame, pool: str, strategy: str) -> dict[int, float]:
+  """The fraction of tasks whose selection holds an oracle-best model, per budget.
+
+  An oracle-best model is any model achieving the task's best accuracy (ties
+  all count), so this is the fraction of tasks with zero regret. It is the mean
+  of the table's `optimal` column over the tasks that have a row at that
+  budget; for 'random' that column is the probability, so the fraction is
+  expected. A task with fewer usable models than B has no row at B and is not
+  in that budget's denominator.
+
+  Args:
+    table: a selection table from `evaluate_selections` (or `report.read_table`).
+    pool: a pool of the table.
+    strategy: a strategy of that pool, e.g. 'task_aware/knn' or 'random'.
+
+  Returns:
+    {budget: fraction in [0, 1]}, budgets ascending.
+  """
+  lacking = [c for c in ("pool", "task", "strategy", "budget", "optimal")
+             if c not in table.columns]
+  if lacking:
+    raise ValueError(f"Not a selection table: lacks columns {lacking}")
+  rows = table[table["pool"] == pool]
+  if rows.empty:
+    raise ValueError(f"Unknown pool {pool!r}; pools of the table: "
+                     f"{', '.join(map(str, dict.fromkeys(table['pool'])))}")
+  part = rows[rows["strategy"] == strategy]
+  if part.empty:
+    raise ValueError(f"Unknown strategy {strategy!r} for pool {pool!r}; its strategies: "
+                     f"{', '.join(map(str, dict.fromkeys(rows['strategy'])))}")
+  frac = part.groupby("budget")["optimal"].mean().sort_index()
+  return {int(b): float(f) for b, f in frac.items()}
+
+
+def _common(scores: Mapping[str, float], accuracies: Mapping[str, float],
+            at_least: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+  acc = _check_accuracies(accuracies)
   common = sorted(set(scores) & set(acc))
-  if len(common) < 2:
-    raise ValueError(f"Rank correlations need at least 2 models with both a score and an "
+  if len(common) < at_least:
+    raise ValueError(f"Need at least {at_least} model(s) with both a score and an "
                      f"accuracy; common models: {common}")
   x = np.array([float(scores[m]) for m in common])
   nan = [m for m, v in zip(common, x) if math.isnan(v)]
   if nan:
     raise ValueError(f"Score is NaN for model(s) {', '.join(nan)}.")
-  y = np.array([acc[m] for m in common])
+  return common, x, np.array([acc[m] for m in common])
+
+
+def _relative_top_k(x: np.ndarray, y: np.ndarray, k: int) -> float:
+  n = len(x)
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+    raise ValueError(f"k must be an int in 1..{n} (the number of models with both a score "
+                     f"and an accuracy); got {k!r}")
+  best = float(y.max())
+  if best == 0.0:
+    return 1.0  # Every model is at 0: any top-k holds a best model.
+  cut = np.sort(x)[::-1][k - 1]  # The k-th highest score.
+  above, tied = y[x > cut], np.sort(y[x == cut])
+  floor = float(above.max()) if above.size else -math.inf
+  # max(floor, .) is nondecreasing, so the sorted tied values keep their order statistics.
+  w = strategies.random_max_weights(len(tied), k - above.size)
+  return float(np.dot(w, np.maximum(tied, floor))) / best
+
+
+def relative_top_k(scores: Mapping[str, float], accuracies: Mapping[str, float],
+                   k: int = 1) -> float:
+  """Relative top-k accuracy: the best accuracy among the score's top k over the best overall.
+
+  Over the models with both a score and an accuracy,
+    rel@k = max_{m in top-k by score} acc(m) / max_m acc(m),
+  the "relative top-1 accuracy" (Rel@1) of Agostinelli et al., "How stable are
+  Transferability Metrics evaluations?", ECCV 2022, for k = 1, extended to the
+  top k. It is 1 when the top k holds an oracle-best model. Scores tied at the
+  k-th place are broken uniformly at random and the result is the exact
+  expectation (so it does not depend on model names); it is defined as 1 when
+  every accuracy is 0.
+
+  Args:
+    scores: model name -> score (higher = predicted better).
+    accuracies: model name -> fine-tuned test accuracy in [0, 1].
+    k: the number of top-scored models, in 1..(number of common models).
+
+  Returns:
+    A float in [0, 1].
+  """
+  _, x, y = _common(scores, accuracies, 1)
+  return _relative_top_k(x, y, k)
+
+
+def rank_correlations(scores: Mapping[str, float], accuracies: Mapping[str, float], *,
+                      k: int = 1) -> dict[str, float]:
+  """Rank agreement between a score and fine-tuned accuracy over their common models.
+
+  Args:
+    scores: model name -> score (higher = predicted better).
+    accuracies: model name -> fine-tuned test accuracy in [0, 1].
+    k: the k of 'relative_top_k', in 1..(number of common models).
+
+  Returns:
+    {'spearman', 'kendall' (tau-b), 'weighted_tau' (scipy's default hyperbolic
+    weigher, ranks by importance of the scores), 'pearson'}, each NaN when
+    either side is constant over the common models, and 'relative_top_k'
+    (see `relative_top_k`, never NaN).
+  """
+  _, x, y = _common(scores, accuracies, 2)
+  rel = _relative_top_k(x, y, k)
   with warnings.catch_warnings():
     # Constant inputs give NaN, as documented; the warning adds nothing.
     warnings.simplefilter("ignore", stats.ConstantInputWarning)
@@ -144,20 +411,24 @@ def rank_correlations(scores: Mapping[str, float],
         "kendall": float(stats.kendalltau(x, y).statistic),
         "weighted_tau": float(stats.weightedtau(x, y).statistic),
         "pearson": float(stats.pearsonr(x, y).statistic),
+        "relative_top_k": rel,
     }
 
 
 def _row(pool, task, group, strategy, budget, selected, accuracy, oracle_acc,
-         relative, optimal, missing) -> dict:
+         regrets, optimal, missing) -> dict:
   return dict(pool=pool, task=task, group=group, strategy=strategy, budget=budget,
               selected="+".join(selected), accuracy=accuracy, oracle_accuracy=oracle_acc,
-              absolute_regret=oracle_acc - accuracy, relative_regret=relative,
+              absolute_regret=oracle_acc - accuracy,
+              relative_regret=regrets["relative_regret"],
+              log_odds_regret=regrets["log_odds_regret"],
               optimal=float(optimal), missing="+".join(missing))
 
 
 def _task_rows(pool: str, task: str, group: str, pool_entries: list[ModelEntry],
                task_scores: Mapping[str, Mapping[str, float]], acc: dict[str, float],
-               budgets: Sequence[int], missing: list[str]) -> list[dict]:
+               all_accuracies: Mapping[str, Mapping[str, float]], budgets: Sequence[int],
+               missing: list[str], eps: float) -> list[dict]:
   """All strategies' rows for one (pool, task): `acc` holds exactly the usable models."""
   names = [e.name for e in pool_entries]
   best = max(acc.values())
@@ -168,23 +439,29 @@ def _task_rows(pool: str, task: str, group: str, pool_entries: list[ModelEntry],
       raise ValueError(f"Score {score_name!r} is missing for model(s) {', '.join(unscored)} "
                        f"on task {task!r} (pool {pool!r}); every model of a pool with ground "
                        "truth needs every score: compute it, or drop the score or the model.")
+  # The task-agnostic oracle needs ground truth on another task for at least one usable model;
+  # without any (e.g. a one-task table) it would only repeat task_agnostic, so it has no rows.
+  other_order = None
+  if strategies.mean_other_task_accuracy(all_accuracies, task, names):
+    other_order = strategies.task_agnostic_oracle_order(pool_entries, all_accuracies, task)
   rows = []
   for b in budgets:
     def add(strategy, selected):
       sel = _selection_max(acc, selected)
       rows.append(_row(pool, task, group, strategy, b, selected, sel, best,
-                       relative_delta(best, sel), sel == best, missing))
+                       _regrets(best, sel, eps), sel == best, missing))
     add("task_agnostic", strategies.task_agnostic(pool_entries, b))
+    if other_order is not None:
+      add("task_agnostic_oracle", other_order[:b])
     for score_name, values in task_scores.items():
       pool_scores = {n: values[n] for n in names}
       add(f"task_aware/{score_name}", strategies.task_aware(pool_scores, b))
       add(f"hybrid/{score_name}", strategies.hybrid(pool_entries, pool_scores, b))
     add("oracle", strategies.oracle(acc, b))
     # Random: every number is the exact expectation over uniformly random B-subsets.
-    # Regrets are functions of the subset's max, so they take the same order-statistic weights.
     w = strategies.random_max_weights(len(sorted_acc), b)
     rows.append(_row(pool, task, group, "random", b, [], float(w @ sorted_acc), best,
-                     float(sum(wi * relative_delta(best, a) for wi, a in zip(w, sorted_acc))),
+                     _random_regrets(sorted_acc, b, eps),
                      strategies.random_optimal_probability(sorted_acc, b), missing))
   return rows
 
@@ -194,7 +471,8 @@ def evaluate_selections(entries: Sequence[ModelEntry],
                         accuracies: Mapping[str, Mapping[str, float]],
                         task_groups: Mapping[str, str],
                         pools: Mapping[str, Sequence[str]], *,
-                        budgets: Sequence[int] | None = None) -> pd.DataFrame:
+                        budgets: Sequence[int] | None = None,
+                        log_odds_eps: float = LOG_ODDS_EPS) -> pd.DataFrame:
   """Runs every strategy on every (pool, task, budget) and measures it against the oracle.
 
   A model without ground truth for a task (absent from accuracies[task]) is left out of that
@@ -203,23 +481,27 @@ def evaluate_selections(entries: Sequence[ModelEntry],
   Args:
     entries: the model entries; every pool member must be one of them.
     scores: task -> score name -> model name -> score (higher = better). A task's strategies
-      are task_agnostic, oracle, random and, per score S of that task, task_aware/S and
-      hybrid/S. Every pool model with ground truth needs every score of the task.
+      are task_agnostic, task_agnostic_oracle, oracle, random and, per score S of that task,
+      task_aware/S and hybrid/S. Every pool model with ground truth needs every score of the
+      task. task_agnostic_oracle ranks by mean accuracy over the table's other tasks
+      (`strategies.task_agnostic_oracle`); a (pool, task) where no usable model has ground
+      truth on another task (always so in a one-task table) has no task_agnostic_oracle rows.
     accuracies: task -> model name -> fine-tuned test accuracy in [0, 1]. Its tasks are the
       tasks of the table.
     task_groups: task -> 'natural' | 'specialized' | 'structured'.
     pools: pool name -> model names.
     budgets: the budgets B to evaluate, each in 1..pool size; None means 1..pool size.
       A (pool, task) with fewer usable models than B has no rows for that B.
+    log_odds_eps: the clip of log_odds_regret (see `logit`).
 
   Returns:
     A DataFrame with one row per (pool, task, strategy, budget) and columns
     pool, task, group, strategy, budget, selected ('+'-joined, '' for random),
     accuracy (for random the exact expectation), oracle_accuracy, absolute_regret,
-    relative_regret (random: exact expectations), optimal (1.0 / 0.0: the selection contains
-    an oracle-best model; random: the probability of that) and missing ('+'-joined names of
-    pool models without ground truth). Tasks come in group order, then in `accuracies` order;
-    pools with no ground truth on a task have no rows for it.
+    relative_regret, log_odds_regret (random: exact expectations), optimal (1.0 / 0.0: the
+    selection contains an oracle-best model; random: the probability of that) and missing
+    ('+'-joined names of pool models without ground truth). Tasks come in group order, then
+    in `accuracies` order; pools with no ground truth on a task have no rows for it.
   """
   by_name = {}
   for e in entries:
@@ -231,6 +513,8 @@ def evaluate_selections(entries: Sequence[ModelEntry],
     raise ValueError(f"Task(s) {', '.join(ungrouped)} need a group in task_groups; "
                      f"valid groups: {', '.join(GROUPS)}")
   tasks = sorted(accuracies, key=lambda t: GROUPS.index(task_groups[t]))  # Stable sort.
+  checked = {t: _check_accuracies(accuracies[t], t) if accuracies[t] else {} for t in tasks}
+  eps = _check_eps(log_odds_eps)
   rows = []
   for pool, members in pools.items():
     members = list(members)
@@ -249,12 +533,11 @@ def evaluate_selections(entries: Sequence[ModelEntry],
       for b in pool_budgets:
         strategies.check_budget(b, len(members), f"pool {pool!r}")
     for task in tasks:
-      all_acc = _check_accuracies(accuracies[task], task) if accuracies[task] else {}
-      acc = {m: all_acc[m] for m in members if m in all_acc}
+      acc = {m: checked[task][m] for m in members if m in checked[task]}
       if not acc:
         continue
       missing = [m for m in members if m not in acc]
       usable = [b for b in pool_budgets if b <= len(acc)]
       rows += _task_rows(pool, task, task_groups[task], [by_name[m] for m in acc],
-                         scores.get(task, {}), acc, usable, missing)
+                         scores.get(task, {}), acc, checked, usable, missing, eps)
   return pd.DataFrame(rows, columns=list(COLUMNS))

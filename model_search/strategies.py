@@ -5,6 +5,10 @@ Renggli et al., "Which Model to Transfer? Finding the Needle in the Growing Hays
   task-aware     rank by a cheap proxy score computed on the task (higher = better);
   hybrid         the top task-agnostic model plus the B - 1 best task-aware ones;
   oracle         the B models with the best fine-tuned accuracy (needs ground truth);
+  task-agnostic oracle
+                 the B models with the best mean fine-tuned accuracy over the OTHER tasks
+                 (leave the evaluated task out): the best a task-agnostic ranking could do
+                 if it knew every other task's ground truth;
   random         a uniformly random B-subset; its expected best accuracy is exact, see
                  `expected_random_accuracy`.
 Every selection returns `budget` distinct model names, best first; a budget outside 1..M
@@ -158,6 +162,92 @@ def oracle(accuracies: Mapping[str, float], budget: int) -> list[str]:
     `budget` distinct model names, best first.
   """
   return _top(accuracies, budget, "accuracy")
+
+
+def mean_other_task_accuracy(accuracies: Mapping[str, Mapping[str, float]],
+                             task: str | None,
+                             models: Iterable[str] | None = None) -> dict[str, float]:
+  """Each model's mean fine-tuned accuracy over the tasks other than `task`.
+
+  A task where a model has no ground truth (the model is absent from that
+  task's dict) is skipped in that model's mean, never counted as 0: the mean is
+  over the tasks the model has. So two models' means can be over different task
+  sets. A model with no accuracy on any other task is left out of the result.
+  The sum is exact (math.fsum), so equal multisets of accuracies give equal
+  means whatever the task order.
+
+  Args:
+    accuracies: task -> model name -> fine-tuned test accuracy.
+    task: the evaluated task, left out; must be a key of `accuracies`. None
+      leaves no task out (ranking for a new task without ground truth).
+    models: the models to average; None means every model of `accuracies`.
+
+  Returns:
+    model name -> mean accuracy over its other tasks, for the models that have one.
+  """
+  if task is not None and task not in accuracies:
+    raise ValueError(f"Unknown task {task!r} to leave out; tasks with accuracies: "
+                     f"{', '.join(sorted(accuracies))} (or None to leave no task out)")
+  per_task = {t: _finite_values(acc, f"accuracy on task {t!r}")
+              for t, acc in accuracies.items() if t != task}
+  if models is None:
+    models = dict.fromkeys(m for acc in per_task.values() for m in acc)
+  means = {}
+  for m in models:
+    values = [acc[m] for acc in per_task.values() if m in acc]
+    if values:
+      means[m] = math.fsum(values) / len(values)
+  return means
+
+
+def task_agnostic_oracle_order(entries: Sequence[ModelEntry],
+                               accuracies: Mapping[str, Mapping[str, float]],
+                               task: str | None) -> list[str]:
+  """All model names by mean fine-tuned accuracy over the other tasks (best first).
+
+  Renggli et al.'s "task-agnostic oracle" ranks models by their
+  average downstream accuracy over the other tasks, leaving the evaluated task
+  out. Means are as in `mean_other_task_accuracy` (missing ground truth is
+  skipped, never 0). Models without any other-task accuracy come last. Ties
+  (equal means, and the order of the models without a mean) follow
+  `task_agnostic_order`, so the order is deterministic.
+
+  Args:
+    entries: the pool's model entries.
+    accuracies: task -> model name -> fine-tuned test accuracy; may hold models
+      outside the pool (ignored).
+    task: the evaluated task, left out (a key of `accuracies`); None leaves no
+      task out.
+
+  Returns:
+    Every entry's name, best first.
+  """
+  agnostic = task_agnostic_order(entries)
+  means = mean_other_task_accuracy(accuracies, task, agnostic)
+  position = {n: i for i, n in enumerate(agnostic)}
+  key = lambda n: (0, -means[n], position[n]) if n in means else (1, 0.0, position[n])
+  return sorted(agnostic, key=key)
+
+
+def task_agnostic_oracle(entries: Sequence[ModelEntry],
+                         accuracies: Mapping[str, Mapping[str, float]],
+                         task: str | None, budget: int) -> list[str]:
+  """Selects the `budget` best models by mean accuracy over the other tasks.
+
+  See `task_agnostic_oracle_order` for the ranking, ties and missing ground truth.
+
+  Args:
+    entries: the pool's model entries.
+    accuracies: task -> model name -> fine-tuned test accuracy.
+    task: the evaluated task, left out (a key of `accuracies`); None leaves no
+      task out.
+    budget: number of models to select, in 1..len(entries).
+
+  Returns:
+    `budget` distinct model names, best first.
+  """
+  check_budget(budget, len(entries), "pool")
+  return task_agnostic_oracle_order(entries, accuracies, task)[:budget]
 
 
 def random(names: Sequence[str], budget: int, *, seed: int) -> list[str]:

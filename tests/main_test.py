@@ -88,8 +88,9 @@ def test_smoke_produces_every_result(smoke_run):
   num_scores = len(config.scores)
   for pool, members in json.loads((workdir / "select" / "pools.json").read_text()).items():
     rows = table[table.pool == pool]
-    # task_agnostic, oracle, random + 2 per score, for each budget 1..M, for each task.
-    assert len(rows) == len(config.tasks) * len(members) * (3 + 2 * num_scores)
+    # task_agnostic, task_agnostic_oracle (2 tasks: each has another), oracle, random
+    # + 2 per score, for each budget 1..M, for each task.
+    assert len(rows) == len(config.tasks) * len(members) * (4 + 2 * num_scores)
     assert (rows[rows.strategy == "oracle"].absolute_regret == 0).all()
   summary = (workdir / "report" / "summary.md").read_text()
   assert "### Winners" in summary

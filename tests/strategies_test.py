@@ -144,3 +144,96 @@ def test_expected_random_accuracy_matches_enumeration(values):
 def test_random_max_weights_hand_case():
   # M=4, B=2: the i-th smallest is the max of C(i-1, 1) of the 6 pairs.
   np.testing.assert_allclose(strategies.random_max_weights(4, 2), [0, 1 / 6, 2 / 6, 3 / 6])
+
+
+# The task-agnostic oracle's hand table: 3 models x 3 tasks, dyadic accuracies so every mean
+# below is exact in floating point (ties are real ties).
+#        A      B      C
+#   t1 0.875  0.5    0.625
+#   t2 0.25   0.75   0.5
+#   t3 0.5    0.875  0.25
+# Task-agnostic order (the tie-break): C (ImageNet 0.8), A (ImageNet 0.7), B (no ImageNet).
+LOO_ENTRIES = [_entry("A", imagenet_accuracy=0.7), _entry("B", upstream_size=1000),
+               _entry("C", imagenet_accuracy=0.8)]
+LOO_ACC = {"t1": {"A": 0.875, "B": 0.5, "C": 0.625},
+           "t2": {"A": 0.25, "B": 0.75, "C": 0.5},
+           "t3": {"A": 0.5, "B": 0.875, "C": 0.25}}
+
+
+def test_task_agnostic_oracle_leave_one_out_by_hand():
+  assert strategies.task_agnostic_order(LOO_ENTRIES) == ["C", "A", "B"]
+  # Leave t1 out: A (0.25 + 0.5) / 2 = 0.375, B (0.75 + 0.875) / 2 = 0.8125,
+  # C (0.5 + 0.25) / 2 = 0.375 -> B first; A and C tie, task-agnostic order puts C first.
+  assert strategies.mean_other_task_accuracy(LOO_ACC, "t1") == {
+      "A": 0.375, "B": 0.8125, "C": 0.375}
+  assert strategies.task_agnostic_oracle_order(LOO_ENTRIES, LOO_ACC, "t1") == ["B", "C", "A"]
+  # Leave t2 out: A (0.875 + 0.5) / 2 = 0.6875, B (0.5 + 0.875) / 2 = 0.6875,
+  # C (0.625 + 0.25) / 2 = 0.4375 -> A and B tie: A (ImageNet) before B (expert); then C.
+  assert strategies.mean_other_task_accuracy(LOO_ACC, "t2") == {
+      "A": 0.6875, "B": 0.6875, "C": 0.4375}
+  assert strategies.task_agnostic_oracle_order(LOO_ENTRIES, LOO_ACC, "t2") == ["A", "B", "C"]
+  # Leave t3 out: A (0.875 + 0.25) / 2 = 0.5625, B (0.5 + 0.75) / 2 = 0.625,
+  # C (0.625 + 0.5) / 2 = 0.5625 -> B; then the A/C tie -> C, A.
+  assert strategies.task_agnostic_oracle_order(LOO_ENTRIES, LOO_ACC, "t3") == ["B", "C", "A"]
+  # No task left out: A 1.625 / 3, B 2.125 / 3, C 1.375 / 3 -> B, A, C.
+  assert strategies.task_agnostic_oracle_order(LOO_ENTRIES, LOO_ACC, None) == ["B", "A", "C"]
+  assert strategies.task_agnostic_oracle(LOO_ENTRIES, LOO_ACC, "t1", 1) == ["B"]
+  assert strategies.task_agnostic_oracle(LOO_ENTRIES, LOO_ACC, "t2", 2) == ["A", "B"]
+  assert strategies.task_agnostic_oracle(LOO_ENTRIES, LOO_ACC, "t3", 3) == ["B", "C", "A"]
+  # The input order of entries and tasks does not matter.
+  shuffled = {t: LOO_ACC[t] for t in ("t3", "t1", "t2")}
+  assert strategies.task_agnostic_oracle_order(LOO_ENTRIES[::-1], shuffled, "t1") == [
+      "B", "C", "A"]
+
+
+def test_task_agnostic_oracle_skips_missing_ground_truth_never_zero():
+  acc = {t: dict(v) for t, v in LOO_ACC.items()}
+  del acc["t3"]["B"]  # B not fine-tuned on t3.
+  # Leave t1 out: B's mean is over t2 alone, 0.75 (as a 0 it would be 0.375 and tie A and C,
+  # and the task-agnostic order C, A, B would follow). A and C stay at 0.375.
+  assert strategies.mean_other_task_accuracy(acc, "t1")["B"] == 0.75
+  assert strategies.task_agnostic_oracle_order(LOO_ENTRIES, acc, "t1") == ["B", "C", "A"]
+
+
+def test_task_agnostic_oracle_models_without_other_tasks_rank_last():
+  # D and E have ground truth on t1 only: leaving t1 out they have no mean, so they come
+  # after A, B, C, in task-agnostic order (D: ImageNet 0.99 first, E: 0.5) - even though D
+  # is the best task-agnostic model.
+  entries = LOO_ENTRIES + [_entry("E", imagenet_accuracy=0.5), _entry("D", imagenet_accuracy=0.99)]
+  acc = {t: dict(v) for t, v in LOO_ACC.items()}
+  acc["t1"].update(D=0.99, E=0.1)
+  assert "D" not in strategies.mean_other_task_accuracy(acc, "t1")
+  assert strategies.task_agnostic_oracle_order(entries, acc, "t1") == ["B", "C", "A", "D", "E"]
+  # Models outside the pool are ignored; a pool with no other-task ground truth at all is in
+  # task-agnostic order.
+  only = [_entry("E", imagenet_accuracy=0.5), _entry("D", imagenet_accuracy=0.99)]
+  assert strategies.task_agnostic_oracle_order(only, acc, "t1") == ["D", "E"]
+  assert strategies.task_agnostic_oracle(only, {"t1": {"D": 0.3}}, "t1", 2) == ["D", "E"]
+
+
+def test_task_agnostic_oracle_errors_and_pool_of_one():
+  assert strategies.task_agnostic_oracle([LOO_ENTRIES[0]], LOO_ACC, "t1", 1) == ["A"]
+  with pytest.raises(ValueError, match=r"budget must be in 1\.\.3"):
+    strategies.task_agnostic_oracle(LOO_ENTRIES, LOO_ACC, "t1", 4)
+  with pytest.raises(ValueError, match=r"budget must be in 1\.\.1"):
+    strategies.task_agnostic_oracle([LOO_ENTRIES[0]], LOO_ACC, "t1", 2)
+  with pytest.raises(ValueError, match="Unknown task 'cifar'.*t1, t2, t3"):
+    strategies.task_agnostic_oracle(LOO_ENTRIES, LOO_ACC, "cifar", 1)
+  with pytest.raises(ValueError, match="NaN for model.*bad"):
+    strategies.task_agnostic_oracle(LOO_ENTRIES, {"t1": {}, "t2": {"bad": float("nan")}},
+                                    "t1", 1)
+
+
+def test_task_agnostic_order_each_missing_field_alone():
+  # No ImageNet accuracy: after every model with one, whatever its upstream size.
+  assert strategies.task_agnostic_order([
+      _entry("expert", upstream_size=10**9, num_params=10**9),
+      _entry("generalist", imagenet_accuracy=0.1)]) == ["generalist", "expert"]
+  # No upstream size (both without ImageNet accuracy): after the one with a size.
+  assert strategies.task_agnostic_order([
+      _entry("unsized", num_params=10**9), _entry("sized", upstream_size=1)]) == [
+          "sized", "unsized"]
+  # No parameter count (tied on ImageNet accuracy): after the one with a count.
+  assert strategies.task_agnostic_order([
+      _entry("a_uncounted", imagenet_accuracy=0.5),
+      _entry("z_counted", imagenet_accuracy=0.5, num_params=1)]) == ["z_counted", "a_uncounted"]
