@@ -1,37 +1,41 @@
-"""The report: CSV and Markdown tables and matplotlib figures from the selection table.
+"""The report: CSV and Markdown tables, summary.md, and `write_report`, which writes it all.
 
-The figures follow Renggli et al., "Which Model to Transfer?": relative regret per task grouped
-by VTAB group for B = 1 and B = 2 (Figs. 3-4), relative delta between strategies per task
-(Figs. 5-6) and the fraction of tasks whose selection holds an oracle-best model vs the budget
-(Fig. 7). Figures are drawn on matplotlib Figure objects (Agg), never through pyplot, so the
-report neither needs a display nor touches the global backend. Every file is written atomically
-(workdir.write_text / write_bytes: temp file, then rename).
+From the selection table: the accuracy table and winners per task, regret tables per pool
+(strategies x tasks with group means), the best strategy and the failed tasks per pool, and the
+mean rank correlation of each score with fine-tuned accuracy. `write_report` also writes the
+figures of `report_figures` (Renggli et al., "Which Model to Transfer?", Figs. 3-7, and a
+rank-correlation heatmap), each PNG with a CSV of the same name holding the numbers drawn.
+Every file is written atomically (workdir.write_text / write_bytes: temp file, then rename).
+`read_table` reads the selection table back.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
 from typing import Mapping, Sequence
 
 from etils import epath
-import matplotlib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
 
 from model_search import regret
+from model_search import report_figures
 from model_search import workdir as wd
 from model_search.data.task import GROUPS
 from model_search.models.zoo import ModelEntry
+# Shared with the figures, and importable from here as before (report.MISSING, ...).
+from model_search.report_figures import CORRELATION_LABELS
+from model_search.report_figures import CORRELATIONS
+from model_search.report_figures import MISSING
+from model_search.report_figures import NOT_AVAILABLE
+from model_search.report_figures import rank_correlation_table
 
-MISSING = "missing"
+# Strategies that use fine-tuned ground truth (of the task, or of the other tasks).
+_REFERENCES = ("oracle", "task_agnostic_oracle")
 REGRET_BUDGETS = (1, 2)
 METRICS = (("relative_regret", "Relative regret"), ("absolute_regret", "Absolute regret"))
-GROUP_COLORS = {"natural": "#4c72b0", "specialized": "#dd8452", "structured": "#55a868"}
 _TEXT_COLUMNS = ("pool", "task", "group", "strategy", "selected", "missing")
 
 
@@ -53,6 +57,12 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
   if missing:
     raise ValueError(f"{path} is not a selection table: it lacks columns {missing}; "
                      f"expected columns: {', '.join(regret.COLUMNS)}")
+  for c in [c for c in table.columns if c not in regret.COLUMNS + _TEXT_COLUMNS]:
+    if table[c].dtype == object:  # A column this version does not know: numbers if it parses.
+      try:
+        table[c] = pd.to_numeric(table[c].replace(["", "nan", "NaN"], np.nan))
+      except ValueError:
+        pass
   return table
 
 
@@ -60,17 +70,15 @@ def _slug(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _write_figure(path: epath.Path, fig: Figure) -> None:
-  FigureCanvasAgg(fig)  # Attaches an Agg canvas: no display, no global backend.
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-  wd.write_bytes(path, buf.getvalue())
-
-
 def _fmt(value: float | None) -> str:
   if value is None or math.isnan(value):
     return MISSING
   return f"{value:.3f}"
+
+
+def _csv(frame: pd.DataFrame) -> str:
+  """CSV text with 'missing' (never 0, never an empty cell) where a value is NaN."""
+  return frame.astype(object).where(frame.notna(), MISSING).to_csv(index=False)
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -167,196 +175,124 @@ def _accuracy_section(accuracies, entries, tasks, task_groups) -> tuple[str, pd.
   return text, pd.DataFrame(csv_rows, columns=header)
 
 
-def _colors(strategies: Sequence[str]) -> dict[str, object]:
-  """One fixed colour per strategy (random in grey), shared by all figures of a pool."""
-  others = [s for s in strategies if s != "random"]
-  cmap = matplotlib.colormaps["tab10" if len(others) <= 10 else "tab20"]
-  colors = {s: cmap(i % cmap.N) for i, s in enumerate(others)}
-  colors["random"] = "#9a9a9a"
-  return colors
+def _correlation_summary(corr: pd.DataFrame) -> str:
+  """Markdown: per score the mean of each correlation over the tasks with a value."""
+  ntasks = corr["task"].nunique()
+  header = ["score"] + [f"mean {CORRELATION_LABELS[m]}" for m in CORRELATIONS]
+  header.append(f"tasks with a value (of {ntasks})")
+  body = []
+  for name, part in corr.groupby("score", sort=False):
+    means = part.groupby("metric")["value"].mean()
+    counted = part.loc[part["metric"] == CORRELATIONS[0], "value"].notna().sum()
+    body.append([name] + [_fmt(means.get(m)) for m in CORRELATIONS] + [str(counted)])
+  return (f"Means over the tasks with a value; a task without one ({NOT_AVAILABLE}: fewer than 2 "
+          f"pool models with a score and ground truth, or a constant side) is left out, never "
+          "counted as 0.\n\n" + _markdown(header, body))
 
 
-def _group_axis(ax, tasks, task_groups, centers) -> None:
-  """Task labels, dashed separators between groups and group names above the axes."""
-  ax.set_xticks(centers)
-  ax.set_xticklabels(tasks, rotation=45, ha="right")
-  ax.set_xlim(centers[0] - 0.7, centers[-1] + 0.7)
-  spans = {}
-  for t, x in zip(tasks, centers):
-    spans.setdefault(task_groups[t], []).append(x)
-  ordered = [g for g in GROUPS if g in spans]
-  for g_prev, g in zip(ordered, ordered[1:]):
-    ax.axvline((max(spans[g_prev]) + min(spans[g])) / 2, color="0.4", ls="--", lw=1)
-  for g in ordered:
-    ax.text((min(spans[g]) + max(spans[g])) / 2, 1.01, g, transform=ax.get_xaxis_transform(),
-            ha="center", va="bottom", fontsize=10, fontweight="bold", color=GROUP_COLORS[g])
+def _failed(part: pd.DataFrame, threshold: float, tasks: Sequence[str]) -> str:
+  """One strategy's failed tasks at one B: 'k/n: worst three with values, then the rest'.
+
+  Args:
+    part: the strategy's rows at this B.
+    threshold: a task fails where its relative regret is above this.
+    tasks: the tasks where some strategy has a value at this B; those without one for this
+      strategy are named as missing.
+  """
+  n = len(part)
+  failed = part[part["relative_regret"] > threshold].sort_values(
+      "relative_regret", ascending=False, kind="stable")
+  k = len(failed)
+  absent = [t for t in tasks if t not in set(part["task"])]
+  suffix = f" ({MISSING}: {', '.join(absent)})" if absent else ""
+  if not k:
+    return f"none (0/{n}){suffix}"
+  worst = ", ".join(f"{t} ({v:.3f})" for t, v in zip(failed["task"][:3],
+                                                     failed["relative_regret"][:3]))
+  passed = [t for t in part["task"] if t not in set(failed["task"])]
+  if len(passed) < k - 3:  # Naming the passed tasks is shorter.
+    return (f"{k}/{n}: {worst} and every other task" +
+            (f" except {', '.join(passed)}" if passed else "") + suffix)
+  return f"{k}/{n}: " + ", ".join([worst] + list(failed["task"][3:])) + suffix
 
 
-def _task_centers(tasks, task_groups) -> np.ndarray:
-  """x positions with a gap of one slot between task groups."""
-  xs, x, prev = [], 0.0, None
-  for t in tasks:
-    if prev is not None and task_groups[t] != prev:
-      x += 0.6
-    xs.append(x)
-    x += 1.0
-    prev = task_groups[t]
-  return np.array(xs)
-
-
-def _mark_missing(ax, x) -> None:
-  ax.text(x, 0.0, MISSING, rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
-
-
-def _mark_zeros(ax, xs, heights, color) -> None:
-  """A dot where a bar is exactly 0, so 'no loss' is visible and differs from 'missing'."""
-  zero = np.asarray(heights) == 0.0
-  if zero.any():
-    ax.scatter(np.asarray(xs)[zero], np.zeros(zero.sum()), s=12, color=color, zorder=3,
-               clip_on=False)
-
-
-def _regret_figure(table, pool, budget, tasks, task_groups, colors) -> Figure:
-  strategies = _strategies(table[table["pool"] == pool])
-  values = regret_table(table, pool, "relative_regret", budget, tasks, task_groups)
-  width = 0.84 / len(strategies)
-  fig = Figure(figsize=(min(40, max(8, 1.5 + len(tasks) * (0.14 * len(strategies) + 0.35))),
-                        5.0))
-  ax = fig.add_subplot()
-  centers = _task_centers(tasks, task_groups)
-  for i, s in enumerate(strategies):
-    offsets = centers - 0.42 + width * (i + 0.5)
-    heights = values.loc[s, list(tasks)].to_numpy(dtype=float)
-    ax.bar(offsets, heights, width, label=s, color=colors[s])
-    _mark_zeros(ax, offsets, heights, colors[s])
-  for t, x in zip(tasks, centers):
-    if values[t].isna().all():
-      _mark_missing(ax, x)
-  _group_axis(ax, tasks, task_groups, centers)
-  ax.set_ylabel("relative regret (0 = oracle)")
-  ax.set_ylim(bottom=0)
-  ax.set_title(f"Pool {pool!r}: relative regret per task, B={budget} (dots: exactly 0)",
-               pad=22)
-  ax.grid(axis="y", alpha=0.3)
-  ax.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-  return fig
-
-
-def _accuracy_of(table, pool, strategy, budget) -> pd.Series:
-  rows = table[(table["pool"] == pool) & (table["strategy"] == strategy)
-               & (table["budget"] == budget)]
-  return rows.set_index("task")["accuracy"]
-
-
-def _delta_panels(table, pool, score) -> list[tuple[str, str, int]]:
-  budgets = set(table.loc[table["pool"] == pool, "budget"])
-  panels = [(f"task_aware/{score}", "task_agnostic", 1)]
-  if 2 in budgets:
-    panels += [(f"hybrid/{score}", "task_agnostic", 2),
-               (f"hybrid/{score}", f"task_aware/{score}", 2)]
-  return [p for p in panels if p[2] in budgets]
-
-
-def _delta_figure(table, pool, score, tasks, task_groups) -> Figure:
-  panels = _delta_panels(table, pool, score)
-  fig = Figure(figsize=(max(8, 1.5 + 0.45 * len(tasks)), 3.6 * len(panels)))
-  axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-  centers = _task_centers(tasks, task_groups)
-  for ax, (s1, s2, b) in zip(axes, panels):
-    a1, a2 = _accuracy_of(table, pool, s1, b), _accuracy_of(table, pool, s2, b)
-    deltas = []
-    for t, x in zip(tasks, centers):
-      if t in a1.index and t in a2.index:
-        d = regret.relative_delta(a1[t], a2[t])
-        deltas.append(d)
-        ax.bar(x, d, 0.7, color=GROUP_COLORS[task_groups[t]])
-        _mark_zeros(ax, [x], [d], GROUP_COLORS[task_groups[t]])
-      else:
-        _mark_missing(ax, x)
-    ax.axhline(0, color="black", lw=0.8)
-    _group_axis(ax, tasks, task_groups, centers)
-    mean = f"mean {np.mean(deltas):+.3f}" if deltas else "no data"
-    ax.set_title(f"{s1} vs {s2}, B={b} (> 0: {s1} better; {mean})", pad=22)
-    ax.set_ylabel("relative delta")
-    ax.grid(axis="y", alpha=0.3)
-    lim = max([0.05] + [abs(d) for d in deltas]) * 1.15
-    ax.set_ylim(-lim, lim)
-  handles = [axes[0].bar([0], [0], color=c, label=g) for g, c in GROUP_COLORS.items()
-             if g in {task_groups[t] for t in tasks}]
-  axes[0].legend(handles=handles, title="task group", loc="upper left",
-                 bbox_to_anchor=(1.01, 1.0))
-  fig.suptitle(f"Pool {pool!r}: relative delta per task, score {score!r} (dots: exactly 0)")
-  fig.subplots_adjust(hspace=0.9)
-  return fig
-
-
-def _optimal_figure(table, pool, colors) -> Figure:
+def _pool_summary(table, pool, tasks, missing, threshold) -> str:
+  """Best strategy by mean relative regret at B=1, 2 and the tasks where each strategy fails."""
   rows = table[table["pool"] == pool]
-  groups = [g for g in GROUPS if g in set(rows["group"])]
-  panels = [("all tasks", rows)] + [(g, rows[rows["group"] == g]) for g in groups]
-  fig = Figure(figsize=(4.2 * len(panels) + 2.5, 4.4), layout="constrained")
-  axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-  for ax, (name, part) in zip(axes, panels):
-    frac = part.groupby(["strategy", "budget"])["optimal"].mean()
-    ntasks = part["task"].nunique()
-    strategies = _strategies(rows)
-    for i, s in enumerate(strategies):
-      curve = frac.loc[s]
-      # Earlier strategies drawn wider, so curves that coincide stay visible.
-      lw = 1.2 + 2.0 * (len(strategies) - 1 - i) / max(1, len(strategies) - 1)
-      ax.plot(curve.index, curve.to_numpy(), marker="o", ms=2 + 1.5 * lw, lw=lw,
-              color=colors[s], label=s, ls="--" if s == "random" else "-")
-    ax.set_title(f"{name} ({ntasks} task{'s' if ntasks != 1 else ''})")
-    ax.set_xlabel("budget B (models fine-tuned)")
-    ax.set_ylim(-0.03, 1.03)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-  axes[0].set_ylabel("fraction of tasks with an\noracle-best model selected")
-  axes[-1].legend(title="strategy", loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
-  fig.suptitle(f"Pool {pool!r}: optimal picks vs budget (random: expected)")
-  return fig
-
-
-def _pool_summary(table, pool) -> str:
-  """Best strategy by mean relative regret at B=1, 2 and each strategy's worst tasks."""
-  rows = table[table["pool"] == pool]
-  lines, cells = [], {}
   budgets = [b for b in REGRET_BUDGETS if b in set(rows["budget"])]
+  if not budgets:
+    return "No budget of 1 or 2 in the table for this pool.\n"
+  fails_on = f"relative regret > {threshold:g}"
+  lines = [f"A strategy *fails* on a task where its {fails_on}"
+           + (" (none of its picks is an oracle-best model)" if threshold == 0 else "")
+           + "; failed tasks are listed worst first, with the values of the worst three. "
+           "The lowest-regret line leaves out the references (the oracle and the task-agnostic "
+           "oracle, which use fine-tuned ground truth).\n"]
+  cells = {}
   for b in budgets:
     part = rows[(rows["budget"] == b) & (rows["strategy"] != "oracle")]
     means = part.groupby("strategy", sort=False)["relative_regret"].mean()
-    best = [s for s, v in means.items() if v == means.min()]
-    lines.append(f"- B={b}: lowest mean relative regret: **{', '.join(best)}** "
-                 f"({means.min():.3f}, over {part['task'].nunique()} tasks)")
-    for s, group in part.groupby("strategy", sort=False):
-      worst = group[group["relative_regret"] > 0].nlargest(3, "relative_regret")
-      text = ", ".join(f"{t} ({v:.3f})" for t, v in zip(worst["task"], worst["relative_regret"]))
-      cells.setdefault(s, {})[b] = (f"{means[s]:.3f}", text or "none (0 on every task)")
-  if not budgets:
-    return "No budget of 1 or 2 in the table for this pool.\n"
+    present = [t for t in tasks if t in set(part["task"])]
+    fails = {s: _failed(g, threshold, present) for s, g in part.groupby("strategy", sort=False)}
+    # The task-agnostic oracle ranks by other tasks' ground truth: a reference, not a choice
+    # a practitioner can make before fine-tuning, so it is never the headline.
+    candidates = means.drop([s for s in _REFERENCES if s in means.index])
+    best = [s for s, v in candidates.items() if v == candidates.min()]
+    absent = [t for t in tasks if t not in present]
+    if len({fails[s] for s in best}) == 1:
+      where = ("fails on " if len(best) == 1 else "each fails on ") + fails[best[0]]
+    else:
+      where = "fails on " + "; ".join(f"{s}: {fails[s]}" for s in best)
+    lines.append(
+        f"- B={b}: lowest mean relative regret: **{', '.join(best)}** "
+        f"({candidates.min():.3f}, over "
+        f"{part['task'].nunique()} tasks" + (f"; no value, as fewer than B pool models have ground "
+                                      f"truth: {', '.join(absent)}" if absent else "")
+        + f"); {where}")
+    for s in means.index:
+      cells.setdefault(s, {})[b] = (f"{means[s]:.3f}", fails[s])
+  if missing:
+    lines.append("- ground truth missing (left out of the task, never 0): " +
+                 "; ".join(f"{t}: {m.replace('+', ', ')}" for t, m in missing.items()))
   header = ["strategy"]
   for b in budgets:
-    header += [f"mean rel. regret B={b}", f"largest rel. regret B={b}"]
-  body = [[s] + [c for b in budgets for c in per_b.get(b, (MISSING, ""))]
+    header += [f"mean rel. regret B={b}", f"fails at B={b} ({fails_on})"]
+  body = [[s] + [c for b in budgets for c in per_b.get(b, (MISSING, MISSING))]
           for s, per_b in cells.items()]
   return "\n".join(lines) + "\n\n" + _markdown(header, body)
+
+
+def _pool_members(table: pd.DataFrame, pool: str) -> list[str]:
+  """The pool's models as far as the table names them: every model selected or missing."""
+  rows = table[table["pool"] == pool]
+  return list(dict.fromkeys(m for col in ("selected", "missing") for v in rows[col]
+                            if isinstance(v, str) for m in v.split("+") if m))
 
 
 def write_report(table: pd.DataFrame, out_dir: str | os.PathLike[str], *,
                  accuracies: Mapping[str, Mapping[str, float]],
                  entries: Sequence[ModelEntry], task_groups: Mapping[str, str],
+                 scores: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+                 pools: Mapping[str, Sequence[str]] | None = None,
+                 fail_threshold: float = 0.0,
                  title: str = "model_search report") -> str:
   """Writes the report's CSVs, Markdown tables and PNG figures, and summary.md, into out_dir.
 
-  Files (POOL and SCORE made filename-safe):
+  Files (POOL and SCORE made filename-safe); every PNG comes with a CSV of the same name
+  holding the numbers it draws, and every table writes 'missing' (never 0) where ground truth
+  or a value is absent:
     selections.csv                the full table;
-    accuracy.csv                  fine-tuned accuracy, models x tasks ('missing' where absent);
-    regret_POOL.md, .csv          absolute and relative regret at B=1 and B=2, strategies x
-                                  tasks with group means and the overall mean;
+    accuracy.csv                  fine-tuned accuracy, models x tasks;
+    regret_POOL.md, .csv          absolute and relative regret (and log-odds regret where the
+                                  table has it) at B=1 and B=2, strategies x tasks with group
+                                  means and the overall mean;
     relative_regret_POOL_B1.png   (and _B2) relative regret per task, grouped by task group;
     delta_POOL_SCORE.png          relative delta per task: task-aware vs task-agnostic (B=1),
                                   hybrid vs task-agnostic and hybrid vs task-aware (B=2);
     optimal_POOL.png              fraction of tasks with an oracle-best pick vs B;
+    rank_correlation_POOL.png     with `scores`: weighted Kendall tau and Spearman of each score
+                                  vs accuracy, scores x tasks; the CSV (score, task, group,
+                                  metric, value, n_models) also has Kendall tau-b and Pearson;
     summary.md                    the overview, linking all of the above.
 
   Args:
@@ -365,6 +301,13 @@ def write_report(table: pd.DataFrame, out_dir: str | os.PathLike[str], *,
     accuracies: task -> model -> fine-tuned test accuracy (the table's ground truth).
     entries: the model entries (for expert vs generalist).
     task_groups: task -> 'natural' | 'specialized' | 'structured'.
+    scores: task -> score name -> model -> score, as given to `regret.evaluate_selections`;
+      None or empty: no rank-correlation heatmap.
+    pools: pool -> member models, for the rank correlations (e.g. select/pools.json). None:
+      each pool's members are read from the table (the models it selects or marks missing),
+      which is every member when the table holds B = pool size (the default budgets).
+    fail_threshold: summary.md lists, per strategy, the tasks where its relative regret is
+      above this (a failure); 0 means every task without an oracle-best pick.
     title: the summary's title.
 
   Returns:
@@ -374,14 +317,23 @@ def write_report(table: pd.DataFrame, out_dir: str | os.PathLike[str], *,
   if lacking:
     raise ValueError(f"Not a selection table: lacks columns {lacking}; expected columns: "
                      f"{', '.join(regret.COLUMNS)}")
+  if not fail_threshold >= 0:
+    raise ValueError(f"fail_threshold must be a relative regret >= 0; got {fail_threshold}")
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   path = lambda name: out / name
   tasks = _ordered_tasks(list(accuracies) + list(table["task"]), task_groups)
-  pools = list(dict.fromkeys(table["pool"]))
-  slugs = [_slug(p) for p in pools]
+  pool_names = list(dict.fromkeys(table["pool"]))
+  slugs = [_slug(p) for p in pool_names]
   if len(set(slugs)) != len(slugs):
-    raise ValueError(f"Pool names {pools} clash as file names {slugs}; rename a pool.")
+    raise ValueError(f"Pool names {pool_names} clash as file names {slugs}; rename a pool.")
+  if scores and pools is not None:
+    unknown = [p for p in pool_names if p not in pools]
+    if unknown:
+      raise ValueError(f"pools lacks the table's pool(s) {', '.join(unknown)}; "
+                       f"given pools: {', '.join(pools)}")
+  metrics = METRICS + ((("log_odds_regret", "Log-odds regret"),)
+                       if "log_odds_regret" in table.columns else ())
   wd.write_text(path("selections.csv"), table.to_csv(index=False))
 
   acc_text, acc_csv = _accuracy_section(accuracies, entries, tasks, task_groups)
@@ -390,13 +342,14 @@ def write_report(table: pd.DataFrame, out_dir: str | os.PathLike[str], *,
              f"From `selections.csv`: {len(table)} rows, {table['pool'].nunique()} pool(s), "
              f"{len(tasks)} task(s). Accuracies and regrets are in [0, 1]. The oracle has zero "
              "regret by definition and is left out of regret tables and figures; the random "
-             "strategy's numbers are exact expectations over uniformly random B-subsets.\n",
+             "strategy's numbers are exact expectations over uniformly random B-subsets. "
+             "Every figure links its data as CSV; 'missing' marks absent ground truth.\n",
              "## Fine-tuned accuracy\n", acc_text, "CSV: [accuracy.csv](accuracy.csv)\n"]
 
-  for pool, slug in zip(pools, slugs):
+  for pool, slug in zip(pool_names, slugs):
     rows = table[table["pool"] == pool]
     strategies = _strategies(rows)
-    colors = _colors(strategies)
+    colors = report_figures.strategy_colors(strategies)
     budgets = [b for b in REGRET_BUDGETS if b in set(rows["budget"])]
     missing = {t: m for t, m in zip(rows["task"], rows["missing"]) if isinstance(m, str) and m}
 
@@ -404,13 +357,13 @@ def write_report(table: pd.DataFrame, out_dir: str | os.PathLike[str], *,
           "Strategies x tasks; means are over the tasks with ground truth.\n"]
     csv_parts = []
     for b in budgets:
-      for metric, label in METRICS:
+      for metric, label in metrics:
         wide = regret_table(table, pool, metric, b, tasks, task_groups)
         header = ["strategy"] + [f"{t}*" if t in missing else t for t in wide.columns]
         group_row = ["*group*"] + [task_groups.get(c, "") for c in wide.columns]
         body = [[s] + [_fmt(v) for v in wide.loc[s]] for s in wide.index]
         md += [f"## {label}, B={b}\n", _markdown(header, [group_row] + body)]
-        frame = wide.astype(object).where(wide.notna(), MISSING).reset_index()
+        frame = wide.reset_index()
         frame.insert(0, "budget", b)
         frame.insert(0, "metric", metric)
         csv_parts.append(frame)
@@ -419,30 +372,47 @@ def write_report(table: pd.DataFrame, out_dir: str | os.PathLike[str], *,
                 "; ".join(f"{t}: {m.replace('+', ', ')}" for t, m in missing.items()) + "\n")
     wd.write_text(path(f"regret_{slug}.md"), "\n".join(md))
     if csv_parts:
-      wd.write_text(path(f"regret_{slug}.csv"),
-                    pd.concat(csv_parts, ignore_index=True).to_csv(index=False))
+      wd.write_text(path(f"regret_{slug}.csv"), _csv(pd.concat(csv_parts, ignore_index=True)))
 
-    figures = []
+    figures = []  # (caption, file stem): STEM.png and STEM.csv.
+    def figure(caption, stem, fig, data):
+      report_figures.write_figure(path(f"{stem}.png"), fig)
+      wd.write_text(path(f"{stem}.csv"), _csv(data))
+      figures.append((caption, stem))
+
     for b in budgets:
-      name = f"relative_regret_{slug}_B{b}.png"
-      _write_figure(path(name), _regret_figure(table, pool, b, tasks, task_groups, colors))
-      figures.append((f"Relative regret per task, B={b}", name))
-    scores = [s.split("/", 1)[1] for s in strategies if s.startswith("task_aware/")]
-    for score in scores:
-      if _delta_panels(table, pool, score):
-        name = f"delta_{slug}_{_slug(score)}.png"
-        _write_figure(path(name), _delta_figure(table, pool, score, tasks, task_groups))
-        figures.append((f"Relative delta per task, score {score}", name))
-    name = f"optimal_{slug}.png"
-    _write_figure(path(name), _optimal_figure(table, pool, colors))
-    figures.append(("Optimal picks vs budget", name))
+      values = regret_table(table, pool, "relative_regret", b, tasks, task_groups)
+      figure(f"Relative regret per task, B={b}", f"relative_regret_{slug}_B{b}",
+             *report_figures.regret_figure(values, pool, b, tasks, task_groups, colors))
+    score_names = [s.split("/", 1)[1] for s in strategies if s.startswith("task_aware/")]
+    for score in score_names:
+      if report_figures.delta_panels(table, pool, score):
+        figure(f"Relative delta per task, score {score}", f"delta_{slug}_{_slug(score)}",
+               *report_figures.delta_figure(table, pool, score, tasks, task_groups))
+    figure("Optimal picks vs budget", f"optimal_{slug}",
+           *report_figures.optimal_figure(table, pool, strategies, colors))
 
-    summary += [f"## Pool `{pool}`\n", _pool_summary(table, pool)]
+    summary += [f"## Pool `{pool}`\n", _pool_summary(table, pool, tasks, missing, fail_threshold)]
     links = f"Tables: [regret_{slug}.md](regret_{slug}.md)"
     if csv_parts:
       links += f", [regret_{slug}.csv](regret_{slug}.csv)"
     summary.append(links + "\n")
-    summary += [f"![{caption}]({name})\n" for caption, name in figures]
+    summary += [f"![{caption}]({stem}.png)\n\nData: [{stem}.csv]({stem}.csv)\n"
+                for caption, stem in figures]
+
+    if scores:
+      members = pools[pool] if pools is not None else _pool_members(table, pool)
+      corr = rank_correlation_table(scores, accuracies, tasks, task_groups, members)
+      summary.append(f"### Rank correlation of scores with fine-tuned accuracy, pool `{pool}`\n")
+      if not len(corr):
+        summary.append("No scores for the report's tasks.\n")
+        continue
+      stem = f"rank_correlation_{slug}"
+      heatmap = report_figures.correlation_figure(corr, pool, tasks, task_groups)
+      report_figures.write_figure(path(f"{stem}.png"), heatmap)
+      wd.write_text(path(f"{stem}.csv"), _csv(corr))
+      summary += [_correlation_summary(corr),
+                  f"![Rank correlation per task]({stem}.png)\n\nData: [{stem}.csv]({stem}.csv)\n"]
 
   summary.append("Full table: [selections.csv](selections.csv)\n")
   wd.write_text(path("summary.md"), "\n".join(summary))

@@ -222,7 +222,9 @@ def report_stage(study) -> None:
   path = study.workdir / "select" / "table.csv"
   if not path.exists():
     raise ValueError(f"No selection table at {path}; run the 'select' stage before 'report'.")
-  accuracies, _ = _gather(study)
+  accuracies, all_scores = _gather(study)
+  pools_path = study.workdir / "select" / "pools.json"
+  pool_members = wd.read_json(pools_path) if pools_path.exists() else None
   title = f"model_search: {study.config.suite} suite, {len(study.model_names)} models"
   if study_lib.ground_truth_of(study.config) == "published":
     train = study_lib.train_examples(study.config)
@@ -234,7 +236,8 @@ def report_stage(study) -> None:
                     for t, acc in accuracies.items()}
   summary = report.write_report(
       report.read_table(str(path)), str(wd.report_dir(study.workdir)), accuracies=accuracies,
-      entries=study.entries, task_groups={t.name: t.group for t in study.tasks}, title=title)
+      entries=study.entries, task_groups={t.name: t.group for t in study.tasks},
+      scores=all_scores, pools=pool_members, title=title)
   logging.info("report: %s", summary)
 
 
