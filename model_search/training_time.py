@@ -194,7 +194,7 @@ def loss_curve(spectrum: Spectrum, *, learning_rate: float, steps: int,
   module docstring. With batch size B, in normalised eigen-coordinates (rt = U^T r / sqrt(N),
   vt = U^T J v / sqrt(N), mu = lambda / N, loss = 0.5 ||rt||^2) one SGD step is
 
-    rt' = (1 - lr mu) rt - lr m vt - lr mu xi,   vt' = m vt + mu xi,
+    rt' = (1 - lr mu) rt - lr m vt - lr mu xi,   vt' = m vt + mu (rt + xi),
 
   where xi = (E - I) rt is the batch noise, E = N U^T D U, D the batch's sampling weights
   (count / B per example, on each of its K outputs). xi has mean 0 and, given rt, covariance
