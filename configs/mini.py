@@ -16,6 +16,8 @@ Arguments combine with commas: `smoke,tasks=structured`.
 
 import ml_collections
 
+from model_search import finetune_grid
+from model_search import study
 from model_search.data import mini
 from model_search.models import mini_zoo
 
@@ -95,31 +97,9 @@ def get_config(arg=None):
   config.finetune.repeats = 1
   # val200 is one batch, test five: no padded work.
   config.finetune.eval_batch_size = 200
-  # How runs execute (not part of a result's fingerprint, except accumulation_steps).
-  # Gradient accumulation: micro-batches per step (batch_size / accumulation_steps each), the
-  # same step as one batch for models without batch norm; lets batch 512 fit small devices.
-  config.finetune.accumulation_steps = 1
-  # Devices per run: 0 = all of this process's devices, data parallel. fsdp_regex: shard the
-  # parameters whose path matches it (and that have >= fsdp_min_size entries) over them too.
-  config.finetune.num_devices = 0
-  config.finetune.fsdp_regex = ""
-  config.finetune.fsdp_min_size = 2**16
-  # Batch norm in training mode (batch statistics) while training, moving averages at eval.
-  config.finetune.train_mode = True
-  # orbax checkpoint every N steps (0: none), losses fetched and logged every M steps.
-  config.finetune.checkpoint_every = 25
-  config.finetune.log_every = 25
-  config.finetune.keep_checkpoints = False
-  # Rerun runs recorded as failed (NaN loss, out of memory, missing data) instead of skipping.
-  config.finetune.retry_failed = False
-
-  # Multi-host: jax.distributed.initialize() before anything touches the devices. Empty
-  # address / -1 ids: JAX detects them (TPU pods, SLURM); launch/*.sh set them.
-  config.distributed = ml_collections.ConfigDict()
-  config.distributed.initialize = False
-  config.distributed.coordinator_address = ""
-  config.distributed.num_processes = -1
-  config.distributed.process_id = -1
+  # How runs execute: devices, FSDP, accumulation, checkpoints, logging (finetune_grid).
+  finetune_grid.add_run_options(config.finetune, checkpoint_every=25, log_every=25)
+  config.distributed = study.distributed_config()  # launch/*.sh set its fields.
 
   config.select = ml_collections.ConfigDict()
   config.select.pools = ("all", "expert", "imagenet", "resnet50", "dim2048")

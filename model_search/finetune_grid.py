@@ -103,6 +103,33 @@ def _protocol(config) -> dict[str, Any]:
   return {k: v for k, v in sorted(ft.items()) if k not in _NOT_IN_FINGERPRINT}
 
 
+def add_run_options(finetune_config, *, checkpoint_every: int, log_every: int) -> None:
+  """Adds to `config.finetune` the fields of how runs execute, with their defaults.
+
+  None of them is part of a result's fingerprint except accumulation_steps.
+
+  Args:
+    finetune_config: the config's `finetune` ConfigDict (changed in place).
+    checkpoint_every: orbax checkpoint every this many steps (0: none).
+    log_every: fetch, check and log the losses every this many steps.
+  """
+  # Micro-batches per step (batch_size / accumulation_steps each): the same step as one batch
+  # for models without batch norm; lets batch 512 fit small devices.
+  finetune_config.accumulation_steps = 1
+  # Devices per run: 0 = all of this process's devices, data parallel. fsdp_regex: shard the
+  # parameters whose path matches it (and that have >= fsdp_min_size entries) over them too.
+  finetune_config.num_devices = 0
+  finetune_config.fsdp_regex = ""
+  finetune_config.fsdp_min_size = 2**16
+  # Batch norm in training mode (batch statistics) while training, moving averages at eval.
+  finetune_config.train_mode = True
+  finetune_config.checkpoint_every = checkpoint_every
+  finetune_config.log_every = log_every
+  finetune_config.keep_checkpoints = False
+  # Rerun runs recorded as failed (NaN loss, out of memory, missing data) instead of skipping.
+  finetune_config.retry_failed = False
+
+
 def run_fingerprint(config, entry, task, item: Item) -> str:
   return wd.fingerprint(_VERSION, entry.to_json(), task.name, task.tfds_name,
                         {k: task.split(k) for k in ("train800", "val200", "test")},

@@ -7,6 +7,7 @@ import os
 
 import jax
 from etils import epath
+import ml_collections
 
 from model_search.data import mini
 from model_search.data import vtab
@@ -69,6 +70,20 @@ class Study:
 
   def all_items(self) -> list[tuple[str, str]]:
     return [(m, t.name) for m in self.model_names for t in self.tasks]
+
+
+def distributed_config():
+  """config.distributed: jax.distributed.initialize() before anything touches the devices.
+
+  Empty address / -1 ids are left to JAX, which detects them on TPU pods and under SLURM
+  (`main.initialize_distributed`).
+  """
+  config = ml_collections.ConfigDict()
+  config.initialize = False
+  config.coordinator_address = ""
+  config.num_processes = -1
+  config.process_id = -1
+  return config
 
 
 def from_config(config, workdir) -> Study:

@@ -58,6 +58,7 @@ def make_study(workdir, *, steps=12, checkpoint_every=4, repeats=2,
                tasks=("mini_digits", "mini_count"), models=("net_a", "net_b")):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
+  from model_search import finetune_grid  # pylint: disable=g-import-not-at-top
   from model_search.data import mini  # pylint: disable=g-import-not-at-top
   from model_search.models.zoo import ModelEntry  # pylint: disable=g-import-not-at-top
   register_models()
@@ -73,15 +74,7 @@ def make_study(workdir, *, steps=12, checkpoint_every=4, repeats=2,
   ft.warmup_steps = 0
   ft.repeats = repeats
   ft.eval_batch_size = 16
-  ft.accumulation_steps = 1
-  ft.num_devices = 0
-  ft.fsdp_regex = ""
-  ft.fsdp_min_size = 2**16
-  ft.train_mode = True
-  ft.checkpoint_every = checkpoint_every
-  ft.log_every = 2
-  ft.keep_checkpoints = False
-  ft.retry_failed = False
+  finetune_grid.add_run_options(ft, checkpoint_every=checkpoint_every, log_every=2)
   entries = [ModelEntry(name=n, handle=f"test:{n}", input_size=8, collection="user")
              for n in models]
   return types.SimpleNamespace(config=config, workdir=epath.Path(workdir), data_dir="unused",
