@@ -75,61 +75,16 @@ Examples:
 USAGE
 }
 
-usage_error() {
-  printf '%s: error: %s\n\n' "$PROG" "$1" >&2
-  usage >&2
-  exit 2
-}
-
-# Fails unless option $1 has a value ($2).
-need_value() {
-  if (($# < 2)) || [[ $2 == -- ]]; then
-    usage_error "option $1 needs a value"
-  fi
-}
+LAUNCH_DIR=${BASH_SOURCE[0]%/*}  # No dirname: the scripts need only bash builtins.
+[[ $LAUNCH_DIR == "${BASH_SOURCE[0]}" ]] && LAUNCH_DIR=.
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$LAUNCH_DIR/common.sh"
 
 # Fails unless the value $2 of option $1 is a positive integer.
 check_positive_int() {
   if [[ ! $2 =~ ^[1-9][0-9]*$ ]]; then
     usage_error "$1 must be a positive integer, got '$2'"
   fi
-}
-
-# Prints the arguments on one line, each quoted for bash with printf %q.
-quote_words() {
-  local quoted
-  printf -v quoted '%q ' "$@"
-  printf '%s' "${quoted% }"
-}
-
-# Sets FLAG_VALUE to the value of --NAME=VALUE or --NAME VALUE in the remaining arguments
-# (the last one wins, as with absl); returns 1 if there is none.
-flag_value() {
-  local flag=$1 status=1
-  shift
-  FLAG_VALUE=""
-  while (($# > 0)); do
-    case $1 in
-      "--$flag="*) FLAG_VALUE=${1#*=}; status=0 ;;
-      "--$flag") if (($# > 1)); then FLAG_VALUE=$2; status=0; shift; fi ;;
-    esac
-    shift
-  done
-  return "$status"
-}
-
-# Checks that the model_search.main arguments name a config and a workdir; sets WORKDIR.
-check_main_args() {
-  if (($# == 0)); then
-    usage_error "missing '--' followed by the model_search.main arguments (--config=... --workdir=...)"
-  fi
-  if ! flag_value config "$@" || [[ -z $FLAG_VALUE ]]; then
-    usage_error "missing --config=CONFIG_FILE after '--' (model_search.main needs it)"
-  fi
-  if ! flag_value workdir "$@" || [[ -z $FLAG_VALUE ]]; then
-    usage_error "missing --workdir=DIR after '--' (model_search.main needs it)"
-  fi
-  WORKDIR=$FLAG_VALUE
 }
 
 dry_run=0

