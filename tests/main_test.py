@@ -12,18 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import config_files
 from model_search import main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(cache_dir, arg="smoke"):
-  sys.path.insert(0, str(REPO))
-  try:
-    from configs import mini  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  config = mini.get_config(arg)
+  config = config_files.get_config("mini", arg)
   config.cache_dir = str(cache_dir)
   return config
 

@@ -4,7 +4,6 @@ ground truth, and selection and reporting on them without data, models or traini
 import itertools
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pandas as pd
@@ -12,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 import tensorflow_hub
 
+import config_files
 from model_search import main
 from model_search import published
 from model_search import stages
@@ -29,21 +29,11 @@ HEADER = ",".join(published.COLUMNS)
 
 
 def _config(arg=None):
-  sys.path.insert(0, str(REPO))
-  try:
-    from configs import vtab_published  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  return vtab_published.get_config(arg)
+  return config_files.get_config("vtab_published", arg)
 
 
 def _vtab_config(arg=None):
-  sys.path.insert(0, str(REPO))
-  try:
-    from configs import vtab  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  return vtab.get_config(arg)
+  return config_files.get_config("vtab", arg)
 
 
 # ----------------------------------------------------------------------------
@@ -179,11 +169,7 @@ def test_config_arguments():
 
 
 def test_docstring_starts_with_the_command():
-  sys.path.insert(0, str(REPO))
-  try:
-    from configs import vtab_published  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  vtab_published = config_files.module("vtab_published")
   first = [l.strip() for l in vtab_published.__doc__.splitlines() if l.strip()][1]
   assert first == ("python -m model_search.main --config=configs/vtab_published.py "
                    "--workdir=/tmp/vtab_published")

@@ -2,16 +2,13 @@
 `tfds.testing.mock_data`, with a user model (a SavedModel the test writes)."""
 
 import json
-import pathlib
-import sys
 
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from model_search import features
+import config_files
 from model_search import main
 from model_search.data import pipeline
 from model_search.data import vtab
@@ -19,17 +16,11 @@ from model_search.models import export
 from model_search.models import hub
 from model_search.models import nets
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 MIXER = dict(patch=8, hidden=16, tokens_mlp=8, channels_mlp=24, depth=1)
 
 
 def _vtab_config(arg=None):
-  sys.path.insert(0, str(REPO))
-  try:
-    from configs import vtab as vtab_config  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  return vtab_config.get_config(arg)
+  return config_files.get_config("vtab", arg)
 
 
 def test_arguments():
