@@ -68,8 +68,12 @@ _HEAD_SCALE = flags.DEFINE_float("head_scale", 0.1,
                                   "Std of each initial output (head init, see _network).")
 _KERNEL = flags.DEFINE_enum("kernel", "full", ["full", "kronecker"], "compute_spectrum kernel.")
 _NULL_RTOL = flags.DEFINE_float(
-    "null_rtol", 1e-7, "compute_spectrum null_rtol (the default 1e-5 zeroes real directions "
-    "when one eigenvalue dominates; see RESULTS.md).")
+    "null_rtol", training_time.NULL_RTOL, "compute_spectrum null_rtol (1e-5, the first "
+    "default, zeroed real directions when one eigenvalue dominates; see RESULTS.md).")
+_NOISE = flags.DEFINE_enum("noise", "auto", list(training_time.NOISE),
+                           "loss_curve noise: exact second moments or their diagonal.")
+_PROJECTION = flags.DEFINE_integer("projection_dim", 0,
+                                   "compute_spectrum projection_dim (0: the exact Jacobian).")
 _SUBSET = flags.DEFINE_integer("subset_size", 0, "compute_spectrum subset_size (0: all N).")
 _SEED = flags.DEFINE_integer("seed", 0, "Head init and batch sampling seed.")
 _CACHE = flags.DEFINE_string("cache_dir", "", "model_search cache (mini zoo); '' = default.")
@@ -168,6 +172,7 @@ def main(argv):
       start = time.perf_counter()
       spectrum = training_time.compute_spectrum(apply_fn, params, x, y, kernel=_KERNEL.value,
                                                  subset_size=_SUBSET.value or None,
+                                                 projection_dim=_PROJECTION.value or None,
                                                  null_rtol=_NULL_RTOL.value)
       secs_kernel = time.perf_counter() - start
       limit = spectrum.max_stable_learning_rate(m)
@@ -193,7 +198,7 @@ def main(argv):
           start = time.perf_counter()
           curve = training_time.loss_curve(spectrum, learning_rate=lr,
                                            steps=steps * _HORIZON.value, batch_size=batch,
-                                           momentum=m)
+                                           momentum=m, noise=_NOISE.value)
           secs_pred += time.perf_counter() - start
           actual = {}
           for lin in (True, False):

@@ -17,6 +17,7 @@ Arguments combine with commas: `smoke,tasks=structured`.
 import ml_collections
 
 from model_search import finetune_grid
+from model_search import training_time_stage
 from model_search import study
 from model_search.data import mini
 from model_search.models import mini_zoo
@@ -40,7 +41,8 @@ def get_config(arg=None):
   smoke = bool(opts.get("smoke"))
   config = ml_collections.ConfigDict()
 
-  config.stages = ("zoo", "features", "scores", "finetune", "select", "report")
+  config.stages = ("zoo", "features", "scores", "training_time", "finetune", "select",
+                   "report")
   config.seed = 0
   # Where TFDS keeps the generated mini suite and where the pre-trained zoo is cached;
   # '' means ~/.cache/model_search/{tfds,zoo}. Both are reused across workdirs.
@@ -99,6 +101,12 @@ def get_config(arg=None):
   config.finetune.eval_batch_size = 200
   # How runs execute: devices, FSDP, accumulation, checkpoints, logging (finetune_grid).
   finetune_grid.add_run_options(config.finetune, checkpoint_every=25, log_every=25)
+
+  # Each fine-tuning run's loss curve, and its steps and seconds to reach fractions of the
+  # initial loss, predicted from the linearised model before training (training_time_stage).
+  config.training_time = training_time_stage.default_config()
+  # 100 steps at batch 32 (4 epochs) rarely take the loss below half of ln C.
+  config.training_time.thresholds = (0.9, 0.75, 0.5)
   config.distributed = study.distributed_config()  # launch/*.sh set its fields.
 
   config.select = ml_collections.ConfigDict()

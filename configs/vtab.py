@@ -29,6 +29,7 @@ import json
 import ml_collections
 
 from model_search import finetune_grid
+from model_search import training_time_stage
 from model_search import study
 from model_search.data import vtab
 from model_search.models import mini_zoo
@@ -69,7 +70,8 @@ def get_config(arg=None):
   opts = _parse(arg)
   config = ml_collections.ConfigDict()
 
-  config.stages = ("zoo", "features", "scores", "finetune", "select", "report")
+  config.stages = ("zoo", "features", "scores", "training_time", "finetune", "select",
+                   "report")
   config.seed = 0
   # TFDS data directory holding the prepared VTAB-1k datasets (local or gs://); '' means
   # ~/.cache/model_search/tfds. Mini-zoo models and other caches go to cache_dir.
@@ -127,6 +129,10 @@ def get_config(arg=None):
   config.finetune.eval_batch_size = 500
   # How runs execute: devices, FSDP, accumulation, checkpoints, logging (finetune_grid).
   finetune_grid.add_run_options(config.finetune, checkpoint_every=250, log_every=50)
+
+  # Each fine-tuning run's loss curve, and its steps and seconds to reach fractions of the
+  # initial loss, predicted from the linearised model before training (training_time_stage).
+  config.training_time = training_time_stage.default_config()
   config.distributed = study.distributed_config()  # launch/*.sh set its fields.
 
   config.select = ml_collections.ConfigDict()

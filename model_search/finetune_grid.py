@@ -326,7 +326,8 @@ def _load_splits(study, entry, model, task, raw) -> dict[str, tuple[np.ndarray, 
   return splits
 
 
-def _tuner(config, model, head_classes: int) -> finetune.Finetuner:
+def make_tuner(config, model, head_classes: int) -> finetune.Finetuner:
+  """The `Finetuner` of config.finetune for `model`, with a head of `head_classes` outputs."""
   ft = config.finetune
   mesh = sharding_lib.make_mesh(num_devices=ft.get("num_devices") or None)
   return finetune.Finetuner(
@@ -380,6 +381,7 @@ def train_item(config, workdir, tuner: finetune.Finetuner, item: Item, splits, *
     params, losses = tuner.train(item.learning_rate, x_train, y_train, num_classes, indices,
                                  seed=seed, state=state, start_step=start, losses=losses,
                                  every=every, callback=callback)
+    train_secs = time.perf_counter() - start_time  # Compile and checkpoints included.
     val = tuner.accuracy(params, *splits["val200"], num_classes)
     test = tuner.accuracy(params, *splits["test"], num_classes)
     board.scalars(ft.steps, val_accuracy=val, test_accuracy=test)
@@ -392,7 +394,8 @@ def train_item(config, workdir, tuner: finetune.Finetuner, item: Item, splits, *
             "final_loss": float(losses[-1]), "loss_curve": [float(v) for v in losses],
             "failure": None, "seed": seed,
             "execution": {"resumed_from_step": start,
-                          "secs_this_process": time.perf_counter() - start_time}}
+                          "secs_this_process": time.perf_counter() - start_time,
+                          "train_seconds": train_secs, "train_steps": ft.steps - start}}
   if ckpt is not None:
     if ft.get("keep_checkpoints"):
       ckpt.close()
@@ -435,7 +438,7 @@ def run_stage(study) -> None:
       if current != item.model:
         tuner, current, splits_cache = None, None, {}
         model = hub.load_entry(entry)
-        tuner, current = _tuner(config, model, head_classes), item.model
+        tuner, current = make_tuner(config, model, head_classes), item.model
       if item.task not in splits_cache:
         try:
           splits_cache[item.task] = _load_splits(study, entry, tuner.model, task, raw)

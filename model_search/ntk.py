@@ -34,8 +34,12 @@ import numpy as np
 from model_search.scores import gradient_kernel
 
 KERNELS = ("full", "kronecker")
-# Eigenvalues below this fraction of the largest are the null space (float32 Jacobians).
-NULL_RTOL = 1e-5
+# Eigenvalues at or below this fraction of the largest are the null space. The Jacobian is
+# float32: rounding its entries (relative error eps32 / 2) perturbs Theta = J J^T by about
+# eps32 lambda_max in norm, so smaller eigenvalues cannot be told from 0; 4 eps32 ~ 4.8e-7
+# leaves a margin. (1e-5, the first default, zeroed real directions when one eigenvalue
+# dominates: floors of up to 61% of the initial loss on the mini zoo, benchmarks/RESULTS.md.)
+NULL_RTOL = float(4 * np.finfo(np.float32).eps)
 
 
 class Spectrum(NamedTuple):
@@ -52,12 +56,15 @@ class Spectrum(NamedTuple):
       'full' kernel, 1 for 'kronecker'), so their mean over examples of B_j^T B_j is the
       identity. Only the SGD noise needs them; None allows full-batch curves only.
     subset_size: n when the kernel came from a subset of n < N examples, else None.
+    example_index: [n] which of the N examples the kernel's n are (`compute_spectrum`'s
+      subset), or None when they are all N in order.
   """
   eigenvalues: np.ndarray
   residual_projections: np.ndarray
   num_examples: int
   eigenvector_blocks: np.ndarray | None = None
   subset_size: int | None = None
+  example_index: np.ndarray | None = None
 
   @property
   def energies(self) -> np.ndarray:
@@ -291,7 +298,7 @@ def compute_spectrum(apply_fn: Callable[..., Any], params: Any, images, targets,
   spectrum = spectrum_from_kernel(theta, outputs - y, kernel=kernel, null_rtol=null_rtol)
   if subset_size is None or subset_size == n_all:
     return spectrum
-  return correct_for_subset(spectrum, n_all)
+  return correct_for_subset(spectrum, n_all)._replace(example_index=index)
 
 
 def _forward(apply_fn, params, images, chunk_size):

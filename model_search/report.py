@@ -275,7 +275,8 @@ def write_report(table: pd.DataFrame, out_dir: str | os.PathLike[str], *,
                  scores: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
                  pools: Mapping[str, Sequence[str]] | None = None,
                  fail_threshold: float = 0.0,
-                 title: str = "model_search report") -> str:
+                 title: str = "model_search report",
+                 sections: Sequence[str] = ()) -> str:
   """Writes the report's CSVs, Markdown tables and PNG figures, and summary.md, into out_dir.
 
   Files (POOL and SCORE made filename-safe); every PNG comes with a CSV of the same name
@@ -309,6 +310,8 @@ def write_report(table: pd.DataFrame, out_dir: str | os.PathLike[str], *,
     fail_threshold: summary.md lists, per strategy, the tasks where its relative regret is
       above this (a failure); 0 means every task without an oracle-best pick.
     title: the summary's title.
+    sections: more Markdown sections for summary.md, after the pools' (e.g.
+      `report_training_time.write`'s).
 
   Returns:
     The path of summary.md.
@@ -414,6 +417,7 @@ def write_report(table: pd.DataFrame, out_dir: str | os.PathLike[str], *,
       summary += [_correlation_summary(corr),
                   f"![Rank correlation per task]({stem}.png)\n\nData: [{stem}.csv]({stem}.csv)\n"]
 
+  summary += list(sections)
   summary.append("Full table: [selections.csv](selections.csv)\n")
   wd.write_text(path("summary.md"), "\n".join(summary))
   return os.fspath(path("summary.md"))

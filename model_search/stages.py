@@ -1,7 +1,7 @@
 """The stages `main` runs, in the order of config.stages; each reads and writes the workdir.
 
-zoo -> features -> scores -> finetune -> select -> report. Every stage skips the items whose
-result file is present and valid, so a killed run resumes where it stopped.
+zoo -> features -> scores -> training_time -> finetune -> select -> report. Every stage skips
+the items whose result file is present and valid, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from model_search import finetune_grid
 from model_search import published
 from model_search import regret
 from model_search import report
+from model_search import report_training_time
 from model_search import scores as scores_lib
 from model_search import study as study_lib
+from model_search import training_time_stage
 from model_search import workdir as wd
 from model_search.data import mini
 from model_search.data import pipeline
@@ -234,10 +236,15 @@ def report_stage(study) -> None:
       scratch = published.load_accuracies(train, include_from_scratch=True)
       accuracies = {t: {**acc, published.FROM_SCRATCH: scratch[t][published.FROM_SCRATCH]}
                     for t, acc in accuracies.items()}
+  sections = []
+  if study.config.get("training_time"):  # Predictions present in the workdir, if any.
+    records = training_time_stage.collect(study)
+    if records:
+      sections.append(report_training_time.write(records, wd.report_dir(study.workdir)))
   summary = report.write_report(
       report.read_table(str(path)), str(wd.report_dir(study.workdir)), accuracies=accuracies,
       entries=study.entries, task_groups={t.name: t.group for t in study.tasks},
-      scores=all_scores, pools=pool_members, title=title)
+      scores=all_scores, pools=pool_members, title=title, sections=sections)
   logging.info("report: %s", summary)
 
 
@@ -245,6 +252,7 @@ STAGES: dict[str, Callable] = {
     "zoo": zoo,
     "features": features.run_stage,
     "scores": scores,
+    "training_time": training_time_stage.run_stage,
     "finetune": finetune_grid.run_stage,
     "select": select,
     "report": report_stage,

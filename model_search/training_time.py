@@ -60,7 +60,8 @@ from model_search.scores import gradient_kernel
 __all__ = [
     "EXACT_NOISE_MAX_DIM", "KERNELS", "NOISE", "NULL_RTOL", "SAMPLING", "Prediction",
     "Spectrum", "compute_spectrum", "correct_for_subset", "empirical_ntk", "loss_curve",
-    "predict_loss_curve", "predict_steps", "spectrum_from_kernel", "steps_to_loss",
+    "accuracy_curve", "predict_loss_curve", "predict_steps", "spectrum_from_kernel",
+    "steps_to_loss",
 ]
 
 NOISE = ("auto", "exact", "diagonal")
@@ -91,15 +92,24 @@ def _check_choice(name, value, choices):
 
 
 
-def _check_dynamics(learning_rate, steps, momentum, batch_size):
-  if not (isinstance(learning_rate, (int, float, np.floating, np.integer))
-          and math.isfinite(learning_rate) and learning_rate > 0):
-    raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+def _check_dynamics(learning_rate, steps, momentum, batch_size) -> np.ndarray:
+  """Validates the options; returns the learning rate of each step, [steps] float64."""
   gradient_kernel.check_int("steps", steps, 0)
+  if isinstance(learning_rate, (int, float, np.floating, np.integer)):
+    lrs = np.full(int(steps), float(learning_rate))
+  else:
+    lrs = np.asarray(learning_rate, np.float64)
+    if lrs.shape != (int(steps),):
+      raise ValueError(f"learning_rate must be a number or a schedule of one learning rate "
+                       f"per step, shape [steps={steps}], got shape {lrs.shape}")
+  if not (np.all(np.isfinite(lrs)) and np.all(lrs > 0)):
+    raise ValueError(f"learning_rate must be finite and > 0 (every step of a schedule), got "
+                     f"{learning_rate!r}")
   if not (isinstance(momentum, (int, float, np.floating, np.integer)) and 0 <= momentum < 1):
     raise ValueError(f"momentum must be in [0, 1) (optax.sgd's trace decay), got {momentum!r}")
   if batch_size is not None:
     gradient_kernel.check_int("batch_size", batch_size, 1)
+  return lrs
 
 
 def _sandwich(blocks, flat, r):
@@ -111,22 +121,28 @@ def _sandwich(blocks, flat, r):
   return flat.T @ y / n
 
 
-def _deterministic_curve(mu, energy, lr, m, steps):
+def _deterministic_curve(mu, energy, lrs, m, steps):
+  """Full-batch GD: L_t from phi_a(t), with the velocity term (psi = s / c_a) carried along.
+
+  With a learning rate per step, c(t+1) = c(t) - lr_t (mu c(t) + m s(t)), s(t+1) = mu c(t) +
+  m s(t); for a constant lr this is the three-term recurrence of the module docstring.
+  """
   out = np.empty(steps + 1)
-  # phi(-1) = 1 makes the recurrence give phi(1) = 1 - lr mu (the velocity starts at 0).
-  prev, phi = np.ones_like(mu), np.ones_like(mu)
+  phi, psi = np.ones_like(mu), np.zeros_like(mu)
   with np.errstate(over="ignore", invalid="ignore"):
     for t in range(steps + 1):
       out[t] = 0.5 * np.dot(energy, phi**2)
-      prev, phi = phi, (1 + m - lr * mu) * phi - m * prev
+      if t < steps:
+        psi = mu * phi + m * psi
+        phi = phi - lrs[t] * psi
   return out
 
 
-def _sgd_exact(mu, c, blocks, lr, m, steps, noise_scale):
+def _sgd_exact(mu, c, blocks, lrs, m, steps, noise_scale):
   flat = blocks.reshape(-1, blocks.shape[2])
   rr = c @ c.T
   rv, vv = np.zeros_like(rr), np.zeros_like(rr)
-  a, b, g, d = 1 - lr * mu, -lr * m, mu, m
+  g, d = mu, m
   mumu = np.outer(mu, mu)
   out = np.empty(steps + 1)
   with np.errstate(over="ignore", invalid="ignore"):
@@ -135,6 +151,8 @@ def _sgd_exact(mu, c, blocks, lr, m, steps, noise_scale):
       if t == steps or not np.isfinite(out[t]):
         out[t:] = out[t] if np.isfinite(out[t]) else np.inf
         break
+      lr = lrs[t]
+      a, b = 1 - lr * mu, -lr * m
       noise = mumu * (noise_scale * (_sandwich(blocks, flat, rr) - rr))
       if m == 0:
         rr = np.outer(a, a) * rr + lr**2 * noise
@@ -147,21 +165,36 @@ def _sgd_exact(mu, c, blocks, lr, m, steps, noise_scale):
   return out
 
 
-def _sgd_diagonal(mu, c, blocks, lr, m, steps, noise_scale):
+# The diagonal noise's G matrix of the last spectra: (eigenvector blocks, G) pairs, so the
+# curves of many learning rates and batch sizes on one spectrum build it once.
+_NOISE_CACHE: list = []
+
+
+def _noise_matrix(blocks):
+  """G_ab = mean_j (H_j)_ab^2 = (1/n) sum_{k,l} sum_j (B_jka B_jla)(B_jkb B_jlb): the noise
+  that covariance along b puts on a's diagonal. One matrix product per pair k <= l."""
+  for cached, gmat in _NOISE_CACHE:
+    if cached is blocks:
+      return gmat
   n, kb, size = blocks.shape
-  # G_ab = mean_j (H_j)_ab^2 = (1/n) sum_{k,l} sum_j (B_jka B_jla)(B_jkb B_jlb): the noise
-  # that covariance along b puts on a's diagonal. One matrix product per pair k <= l.
   gmat = np.zeros((size, size))
   for k in range(kb):
     for l in range(k, kb):
       prod = blocks[:, k] * blocks[:, l]
       gmat += (1.0 if k == l else 2.0) * (prod.T @ prod)
   gmat /= n
+  _NOISE_CACHE[:] = [(blocks, gmat)] + _NOISE_CACHE[:1]
+  return gmat
+
+
+def _sgd_diagonal(mu, c, blocks, lrs, m, steps, noise_scale):
+  n, kb, size = blocks.shape
+  gmat = _noise_matrix(blocks)
   flat = blocks.reshape(n * kb, size)
   squares = blocks[:, 0] ** 2 if kb == 1 else None
   mr, mv = c.copy(), np.zeros_like(c)
   srr, srv, svv = (np.zeros(size) for _ in range(3))
-  a, b, g, d = 1 - lr * mu, -lr * m, mu, m
+  g, d = mu, m
   out = np.empty(steps + 1)
   with np.errstate(over="ignore", invalid="ignore"):
     for t in range(steps + 1):
@@ -178,6 +211,8 @@ def _sgd_diagonal(mu, c, blocks, lr, m, steps, noise_scale):
                         for r in range(y.shape[2])) / n
       src = noise_scale * (gmat @ srr + mean_part - np.sum(mr**2, axis=1) - srr)
       src = mu**2 * src
+      lr = lrs[t]
+      a, b = 1 - lr * mu, -lr * m
       mr, mv = a[:, None] * mr + b * mv, g[:, None] * mr + d * mv
       srr, srv, svv = (a * a * srr + 2 * a * b * srv + b * b * svv + lr**2 * src,
                        a * g * srr + (a * d + b * g) * srv + b * d * svv - lr * src,
@@ -212,7 +247,8 @@ def loss_curve(spectrum: Spectrum, *, learning_rate: float, steps: int,
   Args:
     spectrum: from `compute_spectrum` / `spectrum_from_kernel`, or built by hand (without
       eigenvector blocks only full-batch curves are available).
-    learning_rate: > 0.
+    learning_rate: > 0; a number, or a schedule: [steps] learning rates, entry t used by
+      step t + 1 (as optax evaluates a schedule at the step count before the update).
     steps: the number of steps; the curve has steps + 1 entries.
     batch_size: None for full batch; B for SGD (expected loss, noise term included).
     momentum: m in [0, 1), optax.sgd's.
@@ -223,7 +259,7 @@ def loss_curve(spectrum: Spectrum, *, learning_rate: float, steps: int,
     [steps + 1] float64: entry t is the (expected) loss after t steps; a divergent run
     grows to inf.
   """
-  _check_dynamics(learning_rate, steps, momentum, batch_size)
+  lrs = _check_dynamics(learning_rate, steps, momentum, batch_size)
   _check_choice("noise", noise, NOISE)
   _check_choice("sampling", sampling, SAMPLING)
   n = int(spectrum.num_examples)
@@ -233,12 +269,12 @@ def loss_curve(spectrum: Spectrum, *, learning_rate: float, steps: int,
   if lam.ndim != 1 or c.shape[0] != lam.shape[0]:
     raise ValueError(f"Spectrum has {lam.shape} eigenvalues but residual projections of "
                      f"shape {np.shape(spectrum.residual_projections)}; both need M rows")
-  mu, lr, m = lam / n, float(learning_rate), float(momentum)
+  mu, m = lam / n, float(momentum)
   if batch_size is not None and sampling == "without_replacement" and batch_size > n:
     raise ValueError(f"batch_size={batch_size} > N={n} examples cannot be drawn without "
                      "replacement; use sampling='with_replacement' or batch_size <= N")
   if batch_size is None or (sampling == "without_replacement" and batch_size == n):
-    return _deterministic_curve(mu, np.sum(c**2, axis=1), lr, m, int(steps))
+    return _deterministic_curve(mu, np.sum(c**2, axis=1), lrs, m, int(steps))
   blocks = spectrum.eigenvector_blocks
   if blocks is None:
     raise ValueError("SGD (batch_size set) needs the spectrum's eigenvector_blocks; use "
@@ -252,7 +288,62 @@ def loss_curve(spectrum: Spectrum, *, learning_rate: float, steps: int,
   if noise == "auto":
     noise = "exact" if lam.shape[0] <= EXACT_NOISE_MAX_DIM else "diagonal"
   fn = _sgd_exact if noise == "exact" else _sgd_diagonal
-  return fn(mu, c, blocks, lr, m, int(steps), scale)
+  return fn(mu, c, blocks, lrs, m, int(steps), scale)
+
+
+def accuracy_curve(spectrum: Spectrum, targets, *, learning_rate, steps: int,
+                   momentum: float = 0.0, every: int = 1) -> np.ndarray:
+  """The training accuracy of the predicted outputs after t = 0, every, 2 every, ... steps.
+
+  The outputs f_t = Y + r_t follow from the eigen-directions' phi_a(t) of full-batch GD
+  (module docstring): r_t = U diag(phi(t)) c. For SGD on the linear model the *expected*
+  outputs follow the same path (E[D_t] = I / N), so this is also the accuracy of SGD's mean
+  prediction at any batch size; it is not the expected accuracy of one SGD run. Accuracy:
+  argmax_k f_t(x)_k == argmax_k y_k. A subset-corrected spectrum predicts its n examples.
+
+  Args:
+    spectrum: with eigenvector blocks (`compute_spectrum` / `spectrum_from_kernel`).
+    targets: [N, K] the targets the spectrum's residual was taken against (all N examples;
+      for a subset spectrum its `example_index` rows are used), e.g. one-hot labels.
+    learning_rate, steps, momentum: as in `loss_curve` (a schedule is allowed).
+    every: keep every this-many-th step (the last step is always kept).
+
+  Returns:
+    [len(range(0, steps + 1, every)) (+ 1 if steps is not on that grid)] accuracies.
+  """
+  lrs = _check_dynamics(learning_rate, steps, momentum, None)
+  gradient_kernel.check_int("every", every, 1)
+  blocks = spectrum.eigenvector_blocks
+  if blocks is None:
+    raise ValueError("accuracy_curve needs the spectrum's eigenvector_blocks; use "
+                     "compute_spectrum / spectrum_from_kernel")
+  blocks = np.asarray(blocks, np.float64)
+  n_kernel, n = blocks.shape[0], int(spectrum.num_examples)
+  y = np.asarray(targets, np.float64)
+  if spectrum.example_index is not None and y.shape[0] == n:
+    y = y[np.asarray(spectrum.example_index)]
+  c = np.asarray(spectrum.residual_projections, np.float64)
+  k = y.shape[1] if y.ndim == 2 else -1
+  if y.shape[0] != n_kernel or (c.ndim == 1 and blocks.shape[1] != k) or (
+      c.ndim == 2 and c.shape[1] != k):
+    raise ValueError(f"targets must be [N, K] for the spectrum's {n_kernel} examples and "
+                     f"K outputs, got shape {y.shape}")
+  labels = np.argmax(y, axis=1)
+  mu, m = np.asarray(spectrum.eigenvalues, np.float64) / n, float(momentum)
+  phi, psi = np.ones_like(mu), np.zeros_like(mu)
+  keep = set(range(0, steps + 1, every)) | {steps}
+  out = []
+  for t in range(steps + 1):
+    if t in keep:
+      if c.ndim == 1:  # 'full': blocks [n, K, M], c [M].
+        r = blocks @ (phi * c)
+      else:            # 'kronecker': blocks [n, 1, M], c [M, K].
+        r = blocks[:, 0] @ (phi[:, None] * c)
+      out.append(np.mean(np.argmax(y + r / math.sqrt(n), axis=1) == labels))
+    if t < steps:
+      psi = mu * phi + m * psi
+      phi = phi - lrs[t] * psi
+  return np.asarray(out)
 
 
 def steps_to_loss(curve, target: float) -> float:
@@ -288,7 +379,7 @@ def predict_steps(spectrum: Spectrum, target: float, *, learning_rate: float, st
     limit 2 (1 + m) N / lambda_max (the loss diverges), when the predicted SGD loss grows,
     or when the target is not reached within `steps`.
   """
-  _check_dynamics(learning_rate, steps, momentum, batch_size)
+  lrs = _check_dynamics(learning_rate, steps, momentum, batch_size)
   if not isinstance(target, (int, float, np.floating, np.integer)) or math.isnan(target):
     raise ValueError(f"target must be a number, got {target!r}")
   floor = spectrum.floor
@@ -298,9 +389,11 @@ def predict_steps(spectrum: Spectrum, target: float, *, learning_rate: float, st
         "component in the kernel's null space, which gradient descent on the linearised "
         "model cannot reduce"), floor, None)
   limit = spectrum.max_stable_learning_rate(momentum)
-  if learning_rate >= limit:
+  peak = float(np.max(lrs, initial=0.0))
+  if peak >= limit:
     return Prediction(math.inf, (
-        f"learning_rate {learning_rate:.6g} is at or above the stability limit "
+        f"learning_rate {peak:.6g}{' (the schedule peak)' if lrs.size and np.ptp(lrs) else ''}"
+        f" is at or above the stability limit "
         f"2 (1 + momentum) N / lambda_max = {limit:.6g}: the loss diverges"), floor, None)
   curve = loss_curve(spectrum, learning_rate=learning_rate, steps=steps,
                      batch_size=batch_size, momentum=momentum, noise=noise, sampling=sampling)
@@ -312,7 +405,7 @@ def predict_steps(spectrum: Spectrum, target: float, *, learning_rate: float, st
   if batch_size is not None and grows:
     return Prediction(math.inf, (
         f"the expected SGD loss grows (batch_size={batch_size}): learning_rate "
-        f"{learning_rate:.6g} is beyond SGD's stability limit for this batch size, below "
+        f"{peak:.6g} is beyond SGD's stability limit for this batch size, below "
         f"the full-batch limit {limit:.6g}"), floor, curve)
   return Prediction(math.inf, (
       f"not reached within {steps} steps (loss after {steps} steps: {curve[-1]:.6g}, "

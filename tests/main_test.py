@@ -50,6 +50,13 @@ def _results(workdir):
       data.pop("secs", None)
       data.pop("execution", None)  # Where and how long a fine-tuning run ran.
       out[rel] = data
+    elif path.suffix == ".json" and rel.split("/")[0] == "training_time":
+      data = json.loads(path.read_text())
+      for key in ("step_seconds", "prediction_seconds", "speed_seconds"):
+        data.pop(key)
+      for run in data["runs"]:
+        run.pop("predicted_seconds")
+      out[rel] = data
     elif rel == "finetune/table.csv":
       out[rel] = path.read_text()
     elif path.suffix == ".npz":
@@ -88,8 +95,23 @@ def test_smoke_produces_every_result(smoke_run):
     # + 2 per score, for each budget 1..M, for each task.
     assert len(rows) == len(config.tasks) * len(members) * (4 + 2 * num_scores)
     assert (rows[rows.strategy == "oracle"].absolute_regret == 0).all()
+  for m in config.zoo.models:
+    for t in config.tasks:
+      pred = json.loads((workdir / "training_time" / m / f"{t}.json").read_text())
+      assert len(pred["runs"]) == config.finetune.repeats * len(config.finetune.learning_rates)
+      for run in pred["runs"]:
+        assert len(run["batch_loss"]) == config.finetune.steps
+        assert len(run["train_accuracy"]) == config.finetune.steps + 1
+        assert set(run["steps_to_threshold"]) == {f"{x:g}" for x in
+                                                  config.training_time.thresholds}
+      assert pred["step_seconds"] > 0
   summary = (workdir / "report" / "summary.md").read_text()
   assert "### Winners" in summary
+  assert "## Predicted training time" in summary
+  frame = pd.read_csv(workdir / "report" / "training_time.csv")
+  assert len(frame) == (len(config.zoo.models) * len(config.tasks) * config.finetune.repeats *
+                        len(config.finetune.learning_rates) * len(config.training_time.thresholds))
+  assert frame["has_actual_run"].all()
   assert len(list((workdir / "report").glob("*.png"))) >= 4
 
 
@@ -120,6 +142,41 @@ def test_stage_outputs_agree_with_independent_computations(smoke_run):
     oracle = max(accs.values())
     assert by_strategy.loc["task_agnostic", "absolute_regret"] == pytest.approx(
         oracle - accs[first])
+
+
+def test_training_time_replays_the_finetune_protocol_on_a_linear_probe(smoke_run):
+  """The stored prediction equals optax training of a zero-initialised linear head on the
+  stored train800 features, with the finetune stage's batches, schedule, momentum and clip."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from model_search import finetune  # pylint: disable=g-import-not-at-top
+  from model_search import finetune_grid  # pylint: disable=g-import-not-at-top
+  config, workdir = smoke_run
+  ft = config.finetune
+  m, t = config.zoo.models[0], config.tasks[0]
+  pred = json.loads((workdir / "training_time" / m / f"{t}.json").read_text())
+  with np.load(workdir / "features" / m / t / "train800.npz") as f:
+    x, y = jnp.asarray(f["features"]), jnp.asarray(f["labels"])
+  num_classes = int(round(np.exp(pred["initial_loss"])))
+  for run in pred["runs"]:
+    seed = finetune_grid.run_seed(config.seed, run["repeat"])
+    assert run["seed"] == seed
+    indices = finetune.batch_indices(len(y), steps=ft.steps, batch_size=ft.batch_size, seed=seed)
+    schedule = lambda step, lr=run["learning_rate"]: finetune.lr_schedule(
+        lr, step, steps=ft.steps, decay_at=tuple(ft.decay_at), warmup_steps=ft.warmup_steps)
+    tx = optax.chain(optax.clip_by_global_norm(ft.grad_clip_norm),
+                     optax.sgd(schedule, momentum=ft.momentum))
+    params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+    state, losses = tx.init(params), []
+    loss_fn = lambda p, idx: optax.softmax_cross_entropy_with_integer_labels(
+        x[idx] @ p["w"] + p["b"], y[idx]).mean()
+    for idx in indices:
+      value, grads = jax.value_and_grad(loss_fn)(params, idx)
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+      losses.append(float(value))
+    np.testing.assert_allclose(run["batch_loss"], losses, rtol=1e-4, atol=1e-5)
 
 
 def test_rerun_skips_finished_items(smoke_run):

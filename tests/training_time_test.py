@@ -80,6 +80,35 @@ def test_linear_model_gd_curve_equals_optax_training(momentum, apply_fn, kernel)
                             momentum=momentum, kernel=kernel), predicted, rtol=1e-12)
 
 
+@pytest.mark.parametrize("kernel", ["full", "kronecker"])
+def test_accuracy_curve_equals_the_trained_linear_model(kernel):
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(N, D)).astype(np.float32)
+  y = np.eye(K, dtype=np.float32)[rng.integers(0, K, size=N)]
+  _, _, params = _linear_data()
+  spectrum = tt.compute_spectrum(_linear, params, x, y, kernel=kernel)
+  lr = 0.3 * spectrum.max_stable_learning_rate(0.9)
+  opt = optax.sgd(lr, momentum=0.9)
+  loss = _mse(_linear, x, y)
+  p, state, actual = params, opt.init(params), []
+  for _ in range(41):
+    actual.append(float(np.mean(np.argmax(_linear(p, x), 1) == np.argmax(y, 1))))
+    updates, state = opt.update(jax.grad(loss)(p), state)
+    p = optax.apply_updates(p, updates)
+  predicted = tt.accuracy_curve(spectrum, y, learning_rate=lr, steps=40, momentum=0.9)
+  # Equal (a near-tie argmax may flip one example under other float rounding).
+  np.testing.assert_allclose(predicted, actual, atol=1.01 / N)
+  assert np.mean(predicted == np.asarray(actual)) >= 0.9
+  assert predicted[-1] > predicted[0]  # The test sees learning.
+  every = tt.accuracy_curve(spectrum, y, learning_rate=lr, steps=40, momentum=0.9, every=7)
+  np.testing.assert_array_equal(every, predicted[[0, 7, 14, 21, 28, 35, 40]])
+  # A subset spectrum predicts its own examples, picked by example_index.
+  sub = tt.compute_spectrum(_linear, params, x, y, kernel=kernel, subset_size=12)
+  assert len(tt.accuracy_curve(sub, y, learning_rate=lr, steps=3)) == 4
+  with pytest.raises(ValueError, match="targets must be"):
+    tt.accuracy_curve(spectrum, y[:, :2], learning_rate=lr, steps=3)
+
+
 def test_linearised_mlp_curve_equals_training_the_linearised_model():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(12, 5)).astype(np.float32)
@@ -188,6 +217,29 @@ def test_diagonal_noise_approximation_is_close_to_exact():
     diagonal = tt.loss_curve(spectrum, noise="diagonal", **kw)
     # Measured: 0.15% at most on this problem, for either momentum.
     np.testing.assert_allclose(diagonal, exact, rtol=0.01)
+
+
+@pytest.mark.parametrize("noise", ["exact", "diagonal"])
+def test_learning_rate_schedule(noise):
+  """A constant schedule is the constant rate; a schedule's SGD curve equals Monte Carlo."""
+  x, y, params = _linear_data()
+  spectrum = tt.compute_spectrum(_linear, params, x, y)
+  lr = 0.2 * spectrum.max_stable_learning_rate(0.5)
+  kw = dict(steps=30, batch_size=4, momentum=0.5, noise=noise)
+  np.testing.assert_array_equal(tt.loss_curve(spectrum, learning_rate=lr, **kw),
+                                tt.loss_curve(spectrum, learning_rate=np.full(30, lr), **kw))
+  schedule = np.where(np.arange(30) < 10, lr, 0.1 * lr)
+  a = tt.loss_curve(spectrum, learning_rate=schedule, **kw)
+  b = tt.loss_curve(spectrum, learning_rate=schedule[::-1].copy(), **kw)
+  assert not np.allclose(a, b)  # Each step uses its own rate.
+  # The same curve twice (the diagonal noise matrix comes from the cache the second time).
+  np.testing.assert_array_equal(a, tt.loss_curve(spectrum, learning_rate=schedule, **kw))
+  with pytest.raises(ValueError, match=r"one learning rate per step, shape \[steps=30\]"):
+    tt.loss_curve(spectrum, learning_rate=schedule[:5], **kw)
+  pred = tt.predict_steps(spectrum, spectrum.floor * 1.1, learning_rate=np.where(
+      np.arange(30) < 3, 2 * spectrum.max_stable_learning_rate(0.5), lr), steps=30,
+                          momentum=0.5)
+  assert pred.steps == math.inf and "(the schedule peak)" in pred.reason
 
 
 def test_full_batch_without_replacement_equals_gd():
