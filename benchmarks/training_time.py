@@ -36,7 +36,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,12 +43,12 @@ import optax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from model_search import study as study_lib  # pylint: disable=g-import-not-at-top
+import common  # pylint: disable=g-import-not-at-top
+from model_search import function_space  # pylint: disable=g-import-not-at-top
 from model_search import training_time
 from model_search.data import mini
 from model_search.data import pipeline
 from model_search.models import hub
-from model_search.models import mini_zoo
 
 _MODELS = flags.DEFINE_list("models", ["cnn_small", "mixer_broad"], "Mini-zoo models.")
 _TASKS = flags.DEFINE_list("tasks", ["mini_digits", "mini_textures"], "Mini-suite tasks.")
@@ -74,6 +73,11 @@ _NOISE = flags.DEFINE_enum("noise", "auto", list(training_time.NOISE),
                            "loss_curve noise: exact second moments or their diagonal.")
 _PROJECTION = flags.DEFINE_integer("projection_dim", 0,
                                    "compute_spectrum projection_dim (0: the exact Jacobian).")
+_PREDICTOR = flags.DEFINE_enum(
+    "predictor", "expected", ["expected", "replay"],
+    "expected: training_time.loss_curve's expected SGD loss (the paper's analysis); replay: "
+    "function_space.simulate of the linearised model on the runs' own batches, from the same "
+    "spectrum (Theta = U diag(lambda) U^T).")
 _SUBSET = flags.DEFINE_integer("subset_size", 0, "compute_spectrum subset_size (0: all N).")
 _SEED = flags.DEFINE_integer("seed", 0, "Head init and batch sampling seed.")
 _CACHE = flags.DEFINE_string("cache_dir", "", "model_search cache (mini zoo); '' = default.")
@@ -151,10 +155,7 @@ def _rel(pred, actual):
 
 def main(argv):
   del argv
-  cache = epath.Path(_CACHE.value).expanduser() if _CACHE.value else study_lib.default_cache_dir()
-  data_dir = str(cache / "tfds")
-  entries = {e.name: e for e in mini_zoo.build(mini_zoo.get_zoo_config(), cache / "zoo",
-                                               data_dir)}
+  entries, data_dir = common.mini_zoo(_CACHE.value)
   n, steps, m = _N.value, _STEPS.value, _MOMENTUM.value
   fracs = [float(f) for f in _THRESHOLDS.value]
   rows, errs_lin, errs_real = [], [], []
@@ -174,6 +175,12 @@ def main(argv):
                                                  subset_size=_SUBSET.value or None,
                                                  projection_dim=_PROJECTION.value or None,
                                                  null_rtol=_NULL_RTOL.value)
+      if _PREDICTOR.value == "replay":
+        # The kernel from its spectrum, and the initial outputs from the residual.
+        vec = np.asarray(spectrum.eigenvector_blocks).reshape(-1, len(spectrum.eigenvalues))
+        vec /= math.sqrt(spectrum.eigenvector_blocks.shape[0])
+        theta = (vec * spectrum.eigenvalues) @ vec.T
+        outputs0 = y + (vec @ spectrum.residual_projections).reshape(y.shape)
       secs_kernel = time.perf_counter() - start
       limit = spectrum.max_stable_learning_rate(m)
       loss0 = float(0.5 * np.sum(spectrum.energies) / n)
@@ -193,12 +200,23 @@ def main(argv):
         indices = jnp.asarray(indices, jnp.int32)
         for lin in (True, False):  # Compile once per (linearised, batch size).
           runs[lin](jnp.float32(limit * 0.01), indices[:steps]).block_until_ready()
+        if _PREDICTOR.value == "replay":  # Compiles the replay for this shape, untimed too.
+          function_space.simulate(theta, outputs0, np.argmax(y, axis=1), np.asarray(indices),
+                                  learning_rate=limit * 0.01, momentum=m, loss="mse",
+                                  kernel="full")
         for frac in map(float, _LR_FRACTIONS.value):
           lr = frac * limit
           start = time.perf_counter()
-          curve = training_time.loss_curve(spectrum, learning_rate=lr,
-                                           steps=steps * _HORIZON.value, batch_size=batch,
-                                           momentum=m, noise=_NOISE.value)
+          if _PREDICTOR.value == "replay":
+            # The replay needs the batches, so its horizon is the runs' --steps.
+            curve = function_space.simulate(
+                theta, outputs0, np.argmax(y, axis=1), np.asarray(indices),
+                learning_rate=lr, momentum=m, loss="mse", kernel="full").train_loss
+            curve = np.asarray(curve, np.float64)
+          else:
+            curve = training_time.loss_curve(spectrum, learning_rate=lr,
+                                             steps=steps * _HORIZON.value, batch_size=batch,
+                                             momentum=m, noise=_NOISE.value)
           secs_pred += time.perf_counter() - start
           actual = {}
           for lin in (True, False):

@@ -32,7 +32,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,15 +39,14 @@ import optax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+import common  # pylint: disable=g-import-not-at-top
 from model_search import features as features_lib  # pylint: disable=g-import-not-at-top
 from model_search import finetune
 from model_search import function_space
-from model_search import study as study_lib
 from model_search import training_time_stage as tts
 from model_search.data import mini
 from model_search.data import pipeline
 from model_search.models import hub
-from model_search.models import mini_zoo
 
 _MODELS = flags.DEFINE_list("models", ["cnn_small", "resnet_broad", "mixer_broad",
                                        "expert_digits"], "Mini-zoo models.")
@@ -98,10 +96,7 @@ def _q(errs, p):
 
 def main(argv):
   del argv
-  cache = epath.Path(_CACHE.value).expanduser() if _CACHE.value else study_lib.default_cache_dir()
-  data_dir = str(cache / "tfds")
-  entries = {e.name: e for e in mini_zoo.build(mini_zoo.get_zoo_config(), cache / "zoo",
-                                               data_dir)}
+  entries, data_dir = common.mini_zoo(_CACHE.value)
   tasks = {t: mini.get_task(t) for t in _TASKS.value}
   head_classes = max(t.num_classes for t in tasks.values())
   steps, n, m, clip = _STEPS.value, _N.value, 0.9, _CLIP.value or None

@@ -221,6 +221,37 @@ class Finetuner:
         raise
       self._needs_rng = True
 
+  def train_features(self, images, batches, *, seed: int = 0) -> np.ndarray:
+    """Backbone features as the training step sees them at the start: in training mode
+    (batch statistics of each batch) when the run uses it, else inference features.
+
+    Args:
+      images: [N, ...] model inputs.
+      batches: a sequence of index arrays, together covering each example once (e.g. one
+        epoch of `batch_indices`); each example's features come from its batch.
+      seed: the PRNG key for random ops of the training mode (dropout).
+
+    Returns:
+      [N, D] float32.
+    """
+    images = np.asarray(images)
+    out = np.full((len(images), self.model.feature_dim), np.nan, np.float32)
+    fn = self.model.apply if not self.uses_train_mode else None
+    if fn is None and getattr(self, "_train_features_fn", None) is None:
+      self._train_features_fn = jax.jit(self._apply_train)
+    for i, idx in enumerate(batches):
+      idx = np.asarray(idx)
+      x = jnp.asarray(images[idx], jnp.float32)
+      if fn is not None:
+        out[idx] = np.asarray(fn(self.model.params, x))
+        continue
+      self._probe_rng(x.shape)
+      kw = {"rng": jax.random.fold_in(jax.random.key(seed), i)} if self._needs_rng else {}
+      out[idx] = np.asarray(self._train_features_fn(self.model.params, x, **kw)[0])
+    if np.isnan(out).any():
+      raise ValueError("batches must cover every example (some features were not computed)")
+    return out
+
   def init_state(self) -> TrainState:
     """Backbone from the hub model, zero head, fresh optimizer state; placed on the mesh."""
     return self._init()

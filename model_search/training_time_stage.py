@@ -8,7 +8,9 @@ clipping. The fine-tuning starts from a zero head, where the network's NTK is ex
 (Phi Phi^T + 1) (x) I_C on the backbone's features Phi (the backbone's Jacobian is zero
 while the head is), so the prediction needs only the cached train800 features: the
 linearised model is a linear probe, and how far the real fine-tuning (whose backbone moves
-once the head is non-zero) departs from it is what the report measures.
+once the head is non-zero) departs from it is what the report measures. A model whose
+fine-tuning runs batch norm in training mode is linearised in that mode: its features come
+from the batches of each repeat's first epoch (batch statistics), not from the cache.
 
 From each predicted batch-loss curve (what `finetune` records), smoothed by a running mean
 of `smooth` steps, come the steps to reach each threshold (a fraction of the initial loss
@@ -127,11 +129,27 @@ def _finite_or_none(x: float):
   return x if math.isfinite(x) else None
 
 
+def first_epoch(num_examples: int, indices) -> list[np.ndarray]:
+  """The batches of a run's first epoch, each example once (the last batch may be short)."""
+  b = indices.shape[1]
+  order = np.asarray(indices).reshape(-1)[:num_examples]
+  return [order[s:s + b] for s in range(0, num_examples, b)]
+
+
 def predict(config, train_features, train_labels, num_classes: int) -> dict[str, Any]:
-  """Every run of the grid for one (model, task), replayed on the linearised model."""
+  """Every run of the grid for one (model, task), replayed on the linearised model.
+
+  Args:
+    config: the study's config (its finetune protocol and training_time options).
+    train_features: [N, D] the backbone's features of train800; or a function
+      `(repeat, indices [T, B]) -> [N, D]` for features that depend on the run's batches
+      (training mode: batch statistics).
+    train_labels: [N] int labels.
+    num_classes: C.
+  """
   ft, tc = config.finetune, config.training_time
   n = len(train_labels)
-  theta = function_space.feature_kernel(train_features)
+  fixed = None if callable(train_features) else function_space.feature_kernel(train_features)
   f0 = np.zeros((n, num_classes), np.float32)
   loss0 = math.log(num_classes)
   every = max(int(tc.curve_every), 1)
@@ -139,6 +157,8 @@ def predict(config, train_features, train_labels, num_classes: int) -> dict[str,
   for repeat in range(ft.repeats):
     seed = finetune_grid.run_seed(config.seed, repeat)
     indices = finetune.batch_indices(n, steps=ft.steps, batch_size=ft.batch_size, seed=seed)
+    theta = (fixed if fixed is not None
+             else function_space.feature_kernel(train_features(repeat, indices)))
     for base_lr in ft.learning_rates:
       run = function_space.simulate(
           theta, f0, train_labels, indices, learning_rate=learning_rates(config, base_lr),
@@ -181,12 +201,21 @@ def run_stage(study) -> None:
     if train is None:
       raise ValueError(f"No valid train800 features for model {m!r} on task {t!r}; run the "
                        "'features' stage before 'training_time'.")
-    start = time.perf_counter()
-    out = predict(config, train["features"], train["labels"], task.num_classes)
-    secs = time.perf_counter() - start
     if current != m:
       tuner = finetune_grid.make_tuner(config, hub.load_entry(entry), head_classes)
       current = m
+    start = time.perf_counter()
+    if tuner.uses_train_mode:
+      # Batch norm in training mode: the run's steps see batch statistics, not the upstream
+      # moving averages of the cached features; each repeat's first epoch gives them.
+      images, _ = _train_images(study, entry, tuner.model, task)
+      phi = lambda repeat, indices, x=images: tuner.train_features(  # pylint: disable=g-long-lambda
+          x, first_epoch(len(x), indices), seed=finetune_grid.run_seed(config.seed, repeat))
+    else:
+      phi = train["features"]
+    out = predict(config, phi, train["labels"], task.num_classes)
+    out["features"] = "training mode" if tuner.uses_train_mode else "inference"
+    secs = time.perf_counter() - start
     # The step speed, once per model and input size (the head is the grid's widest).
     key, speed_secs = (m, entry.input_size or tuner.model.input_size or t), 0.0
     if key not in speed:

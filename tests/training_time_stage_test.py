@@ -2,11 +2,15 @@
 
 import math
 
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
 
+from model_search import finetune
 from model_search import function_space
 from model_search import report_training_time as rtt
 from model_search import training_time_stage as tts
@@ -48,7 +52,6 @@ def test_predict_replays_every_run_of_the_grid():
   assert out["runs"][0]["seed"] != out["runs"][2]["seed"]
   run = out["runs"][0]
   # The same replay by hand: function_space on the run's own batches and schedule.
-  from model_search import finetune  # pylint: disable=g-import-not-at-top
   indices = finetune.batch_indices(40, steps=30, batch_size=8, seed=run["seed"])
   lrs = tts.learning_rates(config, 0.1)
   np.testing.assert_allclose(lrs[:15], 0.1, rtol=1e-6)
@@ -108,3 +111,61 @@ def test_report_section_files(tmp_path):
   assert "| 0 | 0.1 | 3 / 2 | never / 4 | 0.800 / 0.400 |" in table
   csv = pd.read_csv(tmp_path / "training_time.csv")
   assert len(csv) == 4
+
+
+class _BnNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Dense(6)(x.reshape(x.shape[0], -1))
+    return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+
+
+def _bn_model(train_mode=True):
+  from model_search.models import hub  # pylint: disable=g-import-not-at-top
+  net = _BnNet()
+  variables = net.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
+
+  def train_fn(v, x):
+    out, new = net.apply(v, x, train=True, mutable=["batch_stats"])
+    return out, {**v, **new}
+
+  model = hub.from_flax(net.apply, variables, name="bn", input_size=4, apply_train_fn=train_fn)
+  return net, variables, finetune.Finetuner(
+      model, head_classes=3, momentum=0.9, steps=10, decay_at=(), warmup_steps=0,
+      eval_batch_size=8, train_mode=train_mode)
+
+
+def test_train_features_use_each_batchs_statistics():
+  net, variables, tuner = _bn_model()
+  images = np.random.default_rng(0).normal(2.0, 3.0, size=(20, 4, 4, 3)).astype(np.float32)
+  indices = finetune.batch_indices(20, steps=10, batch_size=8, seed=1)
+  batches = tts.first_epoch(20, indices)
+  assert [len(b) for b in batches] == [8, 8, 4]
+  assert sorted(np.concatenate(batches)) == list(range(20))
+  got = tuner.train_features(images, batches)
+  for idx in batches:
+    want, _ = net.apply(variables, jnp.asarray(images[idx]), train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(got[idx], want, rtol=1e-5, atol=1e-6)
+  inference = np.asarray(net.apply(variables, jnp.asarray(images)))
+  assert not np.allclose(got, inference, atol=1e-2)  # The moving averages are not the data's.
+  _, _, no_train = _bn_model(train_mode=False)
+  np.testing.assert_allclose(no_train.train_features(images, batches), inference, rtol=1e-6)
+  with pytest.raises(ValueError, match="cover every example"):
+    tuner.train_features(images, batches[:2])
+
+
+def test_predict_with_run_dependent_features():
+  rng = np.random.default_rng(0)
+  phi = rng.normal(size=(40, 6)).astype(np.float32)
+  labels = rng.integers(0, 4, size=40)
+  config = _config()
+  seen = []
+
+  def features(repeat, indices):
+    seen.append((repeat, indices.shape))
+    return phi + repeat
+  out = tts.predict(config, features, labels, 4)
+  assert seen == [(0, (30, 8)), (1, (30, 8))]
+  fixed = tts.predict(config, phi, labels, 4)
+  assert out["runs"][0]["batch_loss"] == fixed["runs"][0]["batch_loss"]
+  assert out["runs"][2]["batch_loss"] != fixed["runs"][2]["batch_loss"]
