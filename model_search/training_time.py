@@ -148,20 +148,28 @@ def _sgd_exact(mu, c, blocks, lrs, m, steps, noise_scale):
   with np.errstate(over="ignore", invalid="ignore"):
     for t in range(steps + 1):
       out[t] = 0.5 * np.trace(rr)
-      if t == steps or not np.isfinite(out[t]):
-        out[t:] = out[t] if np.isfinite(out[t]) else np.inf
+      if t == steps or not out[t] >= 0 or not np.isfinite(out[t]):
+        # An expected loss cannot be negative: only runaway rounding of a diverging
+        # recursion gets there, so it is reported as divergence, like inf and NaN.
+        out[t:] = out[t] if np.isfinite(out[t]) and out[t] >= 0 else np.inf
         break
       lr = lrs[t]
       a, b = 1 - lr * mu, -lr * m
       noise = mumu * (noise_scale * (_sandwich(blocks, flat, rr) - rr))
+      # The moments are symmetric; rounding is not. Left alone, the antisymmetric part of
+      # the rounding error can grow geometrically at high learning rates (it has unstable
+      # modes where the symmetric part has none) and swamp the loss: keep them symmetric.
+      noise = 0.5 * (noise + noise.T)
       if m == 0:
         rr = np.outer(a, a) * rr + lr**2 * noise
+        rr = 0.5 * (rr + rr.T)
         continue
       arv = a[:, None] * rv
       grv = g[:, None] * rv
       rr, rv, vv = (np.outer(a, a) * rr + b * (arv + arv.T) + b * b * vv + lr**2 * noise,
                     np.outer(a, g) * rr + d * arv + b * grv.T + b * d * vv - lr * noise,
                     np.outer(g, g) * rr + d * (grv + grv.T) + d * d * vv + noise)
+      rr, vv = 0.5 * (rr + rr.T), 0.5 * (vv + vv.T)
   return out
 
 
@@ -199,8 +207,10 @@ def _sgd_diagonal(mu, c, blocks, lrs, m, steps, noise_scale):
   with np.errstate(over="ignore", invalid="ignore"):
     for t in range(steps + 1):
       out[t] = 0.5 * (np.sum(mr**2) + np.sum(srr))
-      if t == steps or not np.isfinite(out[t]):
-        out[t:] = out[t] if np.isfinite(out[t]) else np.inf
+      if t == steps or not out[t] >= 0 or not np.isfinite(out[t]):
+        # An expected loss cannot be negative: only runaway rounding of a diverging
+        # recursion gets there, so it is reported as divergence, like inf and NaN.
+        out[t:] = out[t] if np.isfinite(out[t]) and out[t] >= 0 else np.inf
         break
       # diag(mean_j H_j (sum_r m_r m_r^T) H_j)_a = (1/n) sum_j sum_r (B_j^T B_j m_r)_a^2.
       y = (flat @ mr).reshape(n, kb, -1)  # B_j m_r: [n, Kb, R]
