@@ -111,6 +111,9 @@ def test_report_section_files(tmp_path):
   assert "| 0 | 0.1 | 3 / 2 | never / 4 | 0.800 / 0.400 |" in table
   csv = pd.read_csv(tmp_path / "training_time.csv")
   assert len(csv) == 4
+  # Steps never reached say so; a threshold the run did reach keeps its number.
+  assert list(csv.predicted_steps) == ["3.0", "never", "3.0", "never"]
+  assert list(csv.actual_steps) == ["2.0", "4.0", "never", "never"]
 
 
 class _BnNet(nn.Module):
