@@ -17,6 +17,21 @@ need_value() {
   fi
 }
 
+# The error for an argument ($1) that none of the launcher's options takes.
+bad_argument() {
+  if [[ $1 == -* ]]; then
+    usage_error "unknown option '$1'"
+  fi
+  usage_error "unexpected argument '$1' (model_search.main arguments go after '--')"
+}
+
+# Fails unless the option loop stopped at '--' ($1: 1 if it did).
+require_separator() {
+  if (($1 == 0)); then
+    usage_error "missing '--' followed by the model_search.main arguments (--config=... --workdir=...)"
+  fi
+}
+
 # Prints the arguments on one line, each quoted for bash with printf %q.
 quote_words() {
   local quoted

@@ -115,14 +115,11 @@ while (($# > 0)); do
     --python) need_value "$@"; python=$2; shift ;;
     --python=*) python=${1#*=} ;;
     --) shift; saw_separator=1; break ;;
-    -*) usage_error "unknown option '$1'" ;;
-    *) usage_error "unexpected argument '$1' (model_search.main arguments go after '--')" ;;
+    *) bad_argument "$1" ;;
   esac
   shift
 done
-if ((!saw_separator)); then
-  usage_error "missing '--' followed by the model_search.main arguments (--config=... --workdir=...)"
-fi
+require_separator "$saw_separator"
 main_args=("$@")
 
 check_positive_int --nodes "$nodes"

@@ -89,14 +89,11 @@ while (($# > 0)); do
     --log-dir) need_value "$@"; log_dir=$2; shift ;;
     --log-dir=*) log_dir=${1#*=} ;;
     --) shift; saw_separator=1; break ;;
-    -*) usage_error "unknown option '$1'" ;;
-    *) usage_error "unexpected argument '$1' (model_search.main arguments go after '--')" ;;
+    *) bad_argument "$1" ;;
   esac
   shift
 done
-if ((!saw_separator)); then
-  usage_error "missing '--' followed by the model_search.main arguments (--config=... --workdir=...)"
-fi
+require_separator "$saw_separator"
 main_args=("$@")
 
 if [[ ! $num_processes =~ ^[1-9][0-9]*$ ]]; then

@@ -145,14 +145,11 @@ while (($# > 0)); do
     --python=*) python=${1#*=} ;;
     --skip-setup) skip_setup=1 ;;
     --) shift; saw_separator=1; break ;;
-    -*) usage_error "unknown option '$1'" ;;
-    *) usage_error "unexpected argument '$1' (model_search.main arguments go after '--')" ;;
+    *) bad_argument "$1" ;;
   esac
   shift
 done
-if ((!saw_separator)); then
-  usage_error "missing '--' followed by the model_search.main arguments (--config=... --workdir=...)"
-fi
+require_separator "$saw_separator"
 main_args=("$@")
 
 if [[ -z $name ]]; then

@@ -133,6 +133,7 @@ class Finetuner:
 
     self._make_tx = make_tx
     self._apply_train = apply_train
+    self._train_features_fn = jax.jit(apply_train) if self.uses_train_mode else None
     self._needs_rng: bool | None = None
     k = accumulation_steps
     batch_sh = sharding_lib.batch_sharding(self.mesh)
@@ -236,18 +237,16 @@ class Finetuner:
     """
     images = np.asarray(images)
     out = np.full((len(images), self.model.feature_dim), np.nan, np.float32)
-    fn = self.model.apply if not self.uses_train_mode else None
-    if fn is None and getattr(self, "_train_features_fn", None) is None:
-      self._train_features_fn = jax.jit(self._apply_train)
+    fn = self.model.apply if not self.uses_train_mode else self._train_features_fn
     for i, idx in enumerate(batches):
       idx = np.asarray(idx)
       x = jnp.asarray(images[idx], jnp.float32)
-      if fn is not None:
+      if not self.uses_train_mode:
         out[idx] = np.asarray(fn(self.model.params, x))
         continue
       self._probe_rng(x.shape)
       kw = {"rng": jax.random.fold_in(jax.random.key(seed), i)} if self._needs_rng else {}
-      out[idx] = np.asarray(self._train_features_fn(self.model.params, x, **kw)[0])
+      out[idx] = np.asarray(fn(self.model.params, x, **kw)[0])
     if np.isnan(out).any():
       raise ValueError("batches must cover every example (some features were not computed)")
     return out

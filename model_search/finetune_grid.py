@@ -21,6 +21,7 @@ When every process is done (a barrier across processes), process 0 gathers: it c
 every run of the grid is present exactly once and valid, writes the protocol's ground truth per
 (model, task) to WORKDIR/finetune/MODEL/TASK.json (`finetune.summarize`), the whole table to
 WORKDIR/finetune/table.csv, and a failure record for each (model, task) without ground truth.
+The checkpoints and logs themselves are `model_search.finetune_records`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import time
 import traceback
 from typing import Any, Sequence
@@ -39,9 +39,9 @@ from absl import logging
 from etils import epath
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from model_search import finetune
+from model_search import finetune_records as records
 from model_search import sharding as sharding_lib
 from model_search import workdir as wd
 from model_search.data import pipeline
@@ -157,129 +157,6 @@ def load_run(config, workdir, entry, task, item: Item) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------
-# Logs: JSONL per process (appended; one line per event, flushed), TensorBoard per run.
-
-
-class _Jsonl:
-  def __init__(self, path: epath.Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    self._path = path
-
-  def write(self, **record) -> None:
-    line = json.dumps({"time": time.time(), **record}, allow_nan=True) + "\n"
-    with open(os.fspath(self._path), "a") as f:  # Local workdirs; gs:// goes through epath.
-      f.write(line)
-      f.flush()
-
-
-class _JsonlGcs(_Jsonl):
-  """Object stores cannot append: the whole file is rewritten (small: one line per event)."""
-
-  def __init__(self, path: epath.Path):
-    super().__init__(path)
-    self._lines: list[str] = []
-
-  def write(self, **record) -> None:
-    self._lines.append(json.dumps({"time": time.time(), **record}, allow_nan=True))
-    wd.write_text(self._path, "\n".join(self._lines) + "\n")
-
-
-def _jsonl(path: epath.Path) -> _Jsonl:
-  return _JsonlGcs(path) if "://" in os.fspath(path) else _Jsonl(path)
-
-
-def read_jsonl(path) -> list[dict[str, Any]]:
-  path = epath.Path(path)
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-class _TensorBoard:
-  """TensorBoard scalars of one run (tf.summary; TensorFlow is already a dependency)."""
-
-  def __init__(self, logdir: epath.Path):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    self._tf = tf
-    self._writer = tf.summary.create_file_writer(os.fspath(logdir))
-
-  def scalars(self, step: int, **values: float) -> None:
-    with self._writer.as_default():
-      for name, value in values.items():
-        self._tf.summary.scalar(name, value, step=step)
-    self._writer.flush()
-
-  def close(self) -> None:
-    self._writer.close()
-
-
-# ----------------------------------------------------------------------------
-# Checkpoints.
-
-
-class Checkpointer:
-  """orbax checkpoints of one run: the TrainState and the losses so far, every N steps.
-
-  Each process checkpoints its own runs on its own devices, so the manager is told that only
-  this process takes part (no barriers with the others), and the state is saved as host
-  arrays: orbax refuses to write process-local jax.Arrays in a multi-process job.
-  """
-
-  def __init__(self, directory: epath.Path, fingerprint: str = ""):
-    self.fingerprint = fingerprint
-    directory = epath.Path(directory)
-    pid = jax.process_index()
-    directory.mkdir(parents=True, exist_ok=True)  # orbax will not with active_processes set.
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=False, enable_async_checkpointing=False,
-        multiprocessing_options=ocp.options.MultiprocessingOptions(
-            primary_host=pid, active_processes={pid}))
-    self.directory = directory
-    self._manager = ocp.CheckpointManager(os.fspath(directory), options=options)
-
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
-  def save(self, step: int, state: finetune.TrainState, losses: np.ndarray) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(jax.device_get(state)),
-        meta=ocp.args.JsonSave({"step": int(step), "losses": [float(v) for v in losses],
-                                "fingerprint": self.fingerprint})))
-    self._manager.wait_until_finished()
-
-  def restore(self, abstract_state: finetune.TrainState):
-    """(step, state, losses) of the latest checkpoint, or None when there is none.
-
-    A checkpoint of another run (another config or model version: its fingerprint differs)
-    is deleted, and the run starts afresh.
-    """
-    step = self._manager.latest_step()
-    if step is None:
-      return None
-    meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    if meta["meta"].get("fingerprint") != self.fingerprint:
-      logging.warning("Discarding the checkpoint in %s: made by another config or model "
-                      "version.", self.directory)
-      self.delete()
-      self.__init__(self.directory, self.fingerprint)
-      return None
-    target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state)
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
-    state = jax.device_put(finetune.TrainState(*out["state"]), shardings)
-    return step, state, np.asarray(out["meta"]["losses"], np.float32)
-
-  def delete(self) -> None:
-    self._manager.close()
-    if self.directory.exists():
-      self.directory.rmtree()
-
-  def close(self) -> None:
-    self._manager.close()
-
-
-# ----------------------------------------------------------------------------
 # Running this process's runs.
 
 
@@ -341,7 +218,7 @@ def make_tuner(config, model, head_classes: int) -> finetune.Finetuner:
 
 def train_item(config, workdir, tuner: finetune.Finetuner, item: Item, splits, *,
                num_classes: int, fingerprint: str = "",
-               metrics: _Jsonl | None = None) -> dict[str, Any]:
+               metrics: records.Jsonl | None = None) -> dict[str, Any]:
   """Trains and evaluates one run, checkpointing and resuming; returns its result fields."""
   ft = config.finetune
   x_train, y_train = splits["train800"]
@@ -352,7 +229,7 @@ def train_item(config, workdir, tuner: finetune.Finetuner, item: Item, splits, *
   log_every = int(ft.get("log_every", 0) or 0)
   every = math.gcd(every_ckpt, log_every) if every_ckpt and log_every else (every_ckpt or
                                                                            log_every)
-  ckpt = (Checkpointer(checkpoint_dir(workdir, item), fingerprint=fingerprint)
+  ckpt = (records.Checkpointer(checkpoint_dir(workdir, item), fingerprint=fingerprint)
           if every_ckpt else None)
   state, start, losses = None, 0, None
   if ckpt is not None:
@@ -361,7 +238,7 @@ def train_item(config, workdir, tuner: finetune.Finetuner, item: Item, splits, *
       start, state, losses = restored
       logging.info("finetune %s: resuming from its checkpoint at step %d", item.name, start)
   # Each process logs the runs it trains.
-  board = _TensorBoard(epath.Path(workdir) / "tensorboard" / "finetune" / item.model /
+  board = records.TensorBoard(epath.Path(workdir) / "tensorboard" / "finetune" / item.model /
                        item.task / item.run_name)
   clock = {"time": time.perf_counter(), "step": start}
 
@@ -422,8 +299,8 @@ def run_stage(study) -> None:
   todo = [item for item in mine if not done(item)]
   logging.info("finetune: process %d of %d has %d runs, %d to do.", pid, count, len(mine),
                len(todo))
-  events = _jsonl(epath.Path(workdir) / "finetune" / "events" / f"process_{pid}.jsonl")
-  metrics = _jsonl(epath.Path(workdir) / "finetune" / "metrics" / f"process_{pid}.jsonl")
+  events = records.jsonl(epath.Path(workdir) / "finetune" / "events" / f"process_{pid}.jsonl")
+  metrics = records.jsonl(epath.Path(workdir) / "finetune" / "metrics" / f"process_{pid}.jsonl")
   head_classes = max(t.num_classes for t in study.tasks)
   raw: dict[tuple[str, str], Any] = {}
   tuner, current, splits_cache, splits_failures = None, None, {}, {}

@@ -25,12 +25,15 @@ curves keep every curve_every-th step).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
 
 from absl import logging
 from etils import epath
+import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -96,11 +99,11 @@ def steps_to(curve, target: float, window: int) -> float:
 
 
 def learning_rates(config, base_lr: float) -> np.ndarray:
+  """[steps] the learning rate of each step of a run (`finetune.lr_schedule`, vmapped)."""
   ft = config.finetune
-  return np.asarray([float(finetune.lr_schedule(base_lr, t, steps=ft.steps,
-                                                decay_at=tuple(ft.decay_at),
-                                                warmup_steps=ft.warmup_steps))
-                     for t in range(ft.steps)], np.float32)
+  schedule = functools.partial(finetune.lr_schedule, base_lr, steps=ft.steps,
+                               decay_at=tuple(ft.decay_at), warmup_steps=ft.warmup_steps)
+  return np.asarray(jax.vmap(schedule)(jnp.arange(ft.steps)), np.float32)
 
 
 def _train_images(study, entry, model, task):
@@ -153,7 +156,7 @@ def predict(config, train_features, train_labels, num_classes: int) -> dict[str,
   f0 = np.zeros((n, num_classes), np.float32)
   loss0 = math.log(num_classes)
   every = max(int(tc.curve_every), 1)
-  runs = []
+  runs, schedules = [], {lr: learning_rates(config, lr) for lr in ft.learning_rates}
   for repeat in range(ft.repeats):
     seed = finetune_grid.run_seed(config.seed, repeat)
     indices = finetune.batch_indices(n, steps=ft.steps, batch_size=ft.batch_size, seed=seed)
@@ -161,7 +164,7 @@ def predict(config, train_features, train_labels, num_classes: int) -> dict[str,
              else function_space.feature_kernel(train_features(repeat, indices)))
     for base_lr in ft.learning_rates:
       run = function_space.simulate(
-          theta, f0, train_labels, indices, learning_rate=learning_rates(config, base_lr),
+          theta, f0, train_labels, indices, learning_rate=schedules[base_lr],
           momentum=ft.momentum, loss="cross_entropy", grad_clip_norm=ft.grad_clip_norm or None)
       steps = {f"{t:g}": _finite_or_none(steps_to(run.batch_loss, t * loss0, tc.smooth))
                for t in tc.thresholds}
@@ -204,27 +207,30 @@ def run_stage(study) -> None:
     if current != m:
       tuner = finetune_grid.make_tuner(config, hub.load_entry(entry), head_classes)
       current = m
+    # The step speed is measured once per model and input size (the head is the grid's
+    # widest); the images are read only for it and for training-mode features.
+    key, speed_secs = (m, entry.input_size or tuner.model.input_size or t), 0.0
+    images = None
+    if tuner.uses_train_mode or key not in speed:
+      images, labels = _train_images(study, entry, tuner.model, task)
+      if not np.array_equal(labels, train["labels"]):
+        raise ValueError(f"The train800 labels of {t!r} differ between the features cache "
+                         "and the data; delete the stale features.")
     start = time.perf_counter()
     if tuner.uses_train_mode:
       # Batch norm in training mode: the run's steps see batch statistics, not the upstream
       # moving averages of the cached features; each repeat's first epoch gives them.
-      images, _ = _train_images(study, entry, tuner.model, task)
-      phi = lambda repeat, indices, x=images: tuner.train_features(  # pylint: disable=g-long-lambda
-          x, first_epoch(len(x), indices), seed=finetune_grid.run_seed(config.seed, repeat))
+      phi = lambda repeat, indices: tuner.train_features(  # pylint: disable=g-long-lambda
+          images, first_epoch(len(images), indices),
+          seed=finetune_grid.run_seed(config.seed, repeat))
     else:
       phi = train["features"]
     out = predict(config, phi, train["labels"], task.num_classes)
     out["features"] = "training mode" if tuner.uses_train_mode else "inference"
     secs = time.perf_counter() - start
-    # The step speed, once per model and input size (the head is the grid's widest).
-    key, speed_secs = (m, entry.input_size or tuner.model.input_size or t), 0.0
     if key not in speed:
-      images, labels = _train_images(study, entry, tuner.model, task)
-      if not np.array_equal(labels, train["labels"]):
-        raise ValueError(f"The train800 labels of {t!r} differ between the features cache "
-                         "and the data; delete the stale features.")
       start = time.perf_counter()
-      speed[key] = step_seconds(config, tuner, images, labels, task.num_classes)
+      speed[key] = step_seconds(config, tuner, images, train["labels"], task.num_classes)
       speed_secs = time.perf_counter() - start
     for run in out["runs"]:
       run["predicted_seconds"] = {k: None if v is None else v * speed[key]

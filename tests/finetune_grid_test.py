@@ -18,6 +18,7 @@ import pytest
 import grid_driver
 from model_search import finetune
 from model_search import finetune_grid
+from model_search import finetune_records
 from model_search.data import pipeline
 from model_search.models import hub
 
@@ -44,7 +45,7 @@ def _runs(workdir):
 def _done_events(workdir):
   events = []
   for path in sorted((pathlib.Path(workdir) / "finetune" / "events").glob("*.jsonl")):
-    events += [e for e in finetune_grid.read_jsonl(path) if e["event"] == "done"]
+    events += [e for e in finetune_records.read_jsonl(path) if e["event"] == "done"]
   return events
 
 
@@ -88,7 +89,7 @@ def test_two_processes_run_every_item_exactly_once(tmp_path):
       assert [len(r["runs"]) for r in gt["repeats"]] == [len(LRS)] * REPEATS
   # Each process logged its own runs' metrics.
   for pid in (0, 1):
-    metrics = finetune_grid.read_jsonl(tmp_path / "finetune" / "metrics" / f"process_{pid}.jsonl")
+    metrics = finetune_records.read_jsonl(tmp_path / "finetune" / "metrics" / f"process_{pid}.jsonl")
     assert {m["item"] for m in metrics} == {i.name for i in finetune_grid.share(items, pid, 2)}
   assert not list((tmp_path / "checkpoints").rglob("*.json"))  # Deleted when a run ends.
 
@@ -191,13 +192,13 @@ def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
   tuner = finetune.Finetuner(model, head_classes=3, momentum=0.9, steps=4, decay_at=(),
                              warmup_steps=0, eval_batch_size=8)
   state = tuner.init_state()
-  old = finetune_grid.Checkpointer(tmp_path / "ckpt", fingerprint="config-a")
+  old = finetune_records.Checkpointer(tmp_path / "ckpt", fingerprint="config-a")
   old.save(2, state, np.array([1.0, 0.5], np.float32))
   step, restored, losses = old.restore(tuner.abstract_state())
   assert step == 2 and losses.tolist() == [1.0, 0.5]
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   old.close()
-  new = finetune_grid.Checkpointer(tmp_path / "ckpt", fingerprint="config-b")
+  new = finetune_records.Checkpointer(tmp_path / "ckpt", fingerprint="config-b")
   assert new.restore(tuner.abstract_state()) is None
   assert new.latest_step() is None  # Deleted, not kept around.
